@@ -1,0 +1,162 @@
+"""Backend: generated source -> callable kernels, with a content-hashed disk cache.
+
+Contract
+--------
+:func:`load(source, key, jit)` returns a :class:`Kernels` namespace with the module's
+functions ``value``, ``value_and_grad``, ``grad`` and ``jvp``.
+
+* ``jit=True``: the module is written to ``<cache>/<key>/kernels.py`` and imported from
+  there, and every function goes through :func:`njit`, the one numba wrapper, with numba's
+  own on-disk cache enabled, so a second process that loads the same module loads machine
+  code instead of compiling.  Functions compile lazily, on first call.
+* ``jit=False``: the same source runs as plain Python, with the runtime helper modules
+  swapped for their pure-Python versions (for debugging and for tracebacks into the
+  generated code).
+
+The cache folder is ``$GRADC_CACHE_DIR`` or the user's cache directory (``~/.cache/gradc``
+on Linux).  An entry is ``kernels.py`` plus ``meta.json`` holding the source's SHA-256; an
+entry whose file is missing, truncated or altered is detected by that hash and rewritten
+(atomically, so concurrent processes never see half a file).  Keys are content hashes that
+include gradc's own source, so entries made by another gradc version are never reused.
+:func:`lookup` returns the source of a cached entry (used to skip the sympy work entirely).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import types
+from functools import lru_cache
+from pathlib import Path
+
+import numba
+
+KERNEL_NAMES = ("value", "value_and_grad", "grad", "jvp")
+
+
+def njit(fn, *, parallel: bool = False):
+    """The one place gradc calls ``numba.njit``: every kernel gets these options."""
+    return numba.njit(fn, cache=True, error_model="numpy", parallel=parallel, nogil=True)
+
+
+def cache_dir() -> Path:
+    """The root of gradc's disk cache."""
+    env = os.environ.get("GRADC_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "gradc"
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """A hash of gradc's own source and the numba/numpy/sympy versions."""
+    import numpy
+    import sympy
+
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    for mod in (numba, numpy, sympy):
+        h.update(f"{mod.__name__}={mod.__version__}".encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def make_key(*parts: str) -> str:
+    """The cache key for a compile request: hash of its parts and :func:`fingerprint`."""
+    h = hashlib.sha256(fingerprint().encode())
+    for p in parts:
+        h.update(b"\0" + p.encode())
+    return h.hexdigest()[:32]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def lookup(key: str) -> str | None:
+    """The source stored under ``key``, or None if absent or corrupted."""
+    entry = cache_dir() / key
+    try:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        source = (entry / "kernels.py").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    if meta.get("sha256") != _sha(source):
+        return None
+    return source
+
+
+def store(key: str, source: str) -> Path:
+    """Write ``source`` under ``key`` unless an intact identical entry exists."""
+    entry = cache_dir() / key
+    path = entry / "kernels.py"
+    if lookup(key) == source:
+        return path
+    entry.mkdir(parents=True, exist_ok=True)
+    pycache = entry / "__pycache__"
+    if pycache.exists():  # numba's files belong to the old text: drop them
+        for f in pycache.iterdir():
+            f.unlink(missing_ok=True)
+    _write_atomic(path, source)
+    _write_atomic(entry / "meta.json", json.dumps({"sha256": _sha(source), "key": key}))
+    return path
+
+
+class Kernels(types.SimpleNamespace):
+    """The compiled kernels of one function: ``value``, ``value_and_grad``, ``grad``, ``jvp``."""
+
+    def __repr__(self):
+        names = ", ".join(k for k in KERNEL_NAMES if hasattr(self, k))
+        return f"Kernels({names})"
+
+
+_loaded: dict = {}
+
+
+def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Kernels:
+    """Compile (or load) the kernels in ``source``; see the module docstring."""
+    from .codegen import runtime, vmath
+
+    if not jit:
+        module = types.ModuleType(f"gradc_py_{key}")
+        module.__dict__["__file__"] = f"<gradc kernels {key}>"
+        code = compile(source, module.__file__, "exec")
+        exec(code, module.__dict__)
+        module._rt = runtime.python
+        module._vm = vmath.python
+        return Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES})
+    cached = _loaded.get((key, parallel))
+    if cached is not None:
+        return cached
+    path = store(key, source)
+    name = f"gradc_kernels_{key}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    for k in KERNEL_NAMES:
+        setattr(module, k, njit(getattr(module, k), parallel=parallel))
+    kernels = Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES})
+    _loaded[(key, parallel)] = kernels
+    return kernels

@@ -1,0 +1,318 @@
+"""The primitive registry: everything gradc knows about each primitive, one block each.
+
+Contract
+--------
+A primitive is a :class:`Primitive` subclass registered under its name in ``registry``.
+Each block holds all the rules of one primitive:
+
+``describe(eqn)``
+    one readable line for :func:`gradc.ir.pretty`.
+``emit(eqn, names, printer)``
+    a Python expression (a string) computing the output from the input names; the code
+    generator assigns it to the output's name.
+``jvp(b, eqn, tangents)``
+    forward mode: given the tangents of the inputs (``None`` is a symbolic zero), emit
+    equations into builder ``b`` and return the output's tangent (or ``None``).
+``vjp(b, eqn, ct)``
+    reverse mode: given the output's cotangent ``ct`` and which inputs are active, emit
+    equations and return one cotangent contribution per input (``None`` for zero).
+
+The primitive set is small: ``add`` (n-ary sum), ``mul`` (binary product) and
+``elementwise``, a scalar function given as a sympy expression of placeholder symbols
+``_a0, _a1, ...``.  ``elementwise`` has no hand-written derivative table: its partial
+derivatives are computed by ``sympy.diff`` (see :func:`partials`), apart from the few
+functions whose subgradient conventions gradc fixes (:data:`CONVENTIONS`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import sympy as sp
+
+from .errors import GradcError, short
+from .ir import Lit, Var
+
+registry: dict[str, "Primitive"] = {}
+
+
+def register(cls):
+    registry[cls.name] = cls()
+    return cls
+
+
+class Primitive:
+    name = "?"
+
+    def describe(self, eqn):
+        args = ", ".join(repr(a) for a in eqn.inputs)
+        return f"{self.name}({args})"
+
+    def emit(self, eqn, names, printer):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def jvp(self, b, eqn, tangents):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def vjp(self, b, eqn, ct, active):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------
+# Builder helpers with literal folding.  Every rule below builds through these.
+
+
+def add(b, atoms):
+    """Sum of ``atoms`` (``None`` entries are zeros); returns an atom or ``None``."""
+    atoms = [a for a in atoms if a is not None]
+    lits = [a.value for a in atoms if isinstance(a, Lit)]
+    vars_ = [a for a in atoms if isinstance(a, Var)]
+    const = sum(lits) if lits else 0.0
+    if not vars_:
+        return Lit(const) if lits else None
+    if const != 0.0:
+        vars_.append(Lit(const))
+    if len(vars_) == 1:
+        return vars_[0]
+    return b.emit("add", vars_)
+
+
+def mul(b, x, y):
+    """Product of two atoms with folding of literal 0, 1 and literal-literal products."""
+    if x is None or y is None:
+        return None
+    if isinstance(x, Lit) and isinstance(y, Lit):
+        return Lit(x.value * y.value)
+    if isinstance(y, Lit):
+        x, y = y, x
+    if isinstance(x, Lit):
+        if x.value == 0.0:
+            return Lit(0.0)
+        if x.value == 1.0:
+            return y
+    return b.emit("mul", (x, y))
+
+
+# --------------------------------------------------------------------------------------
+# add: out = x0 + x1 + ... (n-ary)
+
+
+@register
+class Add(Primitive):
+    name = "add"
+
+    def describe(self, eqn):
+        return " + ".join(repr(a) for a in eqn.inputs)
+
+    def emit(self, eqn, names, printer):
+        return " + ".join(names)
+
+    def jvp(self, b, eqn, tangents):
+        return add(b, tangents)
+
+    def vjp(self, b, eqn, ct, active):
+        return [ct if act else None for act in active]
+
+
+# --------------------------------------------------------------------------------------
+# mul: out = x * y
+
+
+@register
+class Mul(Primitive):
+    name = "mul"
+
+    def describe(self, eqn):
+        return " * ".join(repr(a) for a in eqn.inputs)
+
+    def emit(self, eqn, names, printer):
+        return f"{names[0]} * {names[1]}"
+
+    def jvp(self, b, eqn, tangents):
+        x, y = eqn.inputs
+        tx, ty = tangents
+        return add(b, [mul(b, tx, y), mul(b, x, ty)])
+
+    def vjp(self, b, eqn, ct, active):
+        x, y = eqn.inputs
+        return [mul(b, ct, y) if active[0] else None, mul(b, ct, x) if active[1] else None]
+
+
+# --------------------------------------------------------------------------------------
+# elementwise: out = body(_a0, _a1, ...), any scalar function sympy can differentiate
+
+
+@lru_cache(maxsize=None)
+def placeholder(i: int) -> sp.Symbol:
+    """The i-th placeholder symbol ``_a{i}`` used in elementwise bodies."""
+    return sp.Symbol(f"_a{i}", real=True)
+
+
+# Subgradient conventions.  sympy differentiates a function through its ``fdiff`` (or
+# ``_eval_derivative``); gradc swaps the classes below for subclasses whose derivative
+# follows gradc's conventions, differentiates, and swaps back.  Because both forward and
+# reverse mode take their partials from :func:`partials`, the conventions are identical in
+# both modes, wherever the function appears in a body:
+#   Max(x, 0)'(0) = relu'(0) = 0; in a tie of Max or Min every tied argument gets 0;
+#   |x|'(0) = sign(0) = 0 (sympy's own rule); sign' = floor' = ceiling' = Heaviside' = 0.
+
+
+class _Max(sp.Max):
+    def fdiff(self, argindex=1):
+        return _winner(self.args, argindex - 1, 1)
+
+
+class _Min(sp.Min):
+    def fdiff(self, argindex=1):
+        return _winner(self.args, argindex - 1, -1)
+
+
+def _winner(args, i, sign):
+    """1 where args[i] strictly beats every other argument (by ``sign``), else 0."""
+    out = sp.Integer(1)
+    for j, aj in enumerate(args):
+        if j != i:
+            out *= sp.Heaviside(sign * (args[i] - aj), 0)
+    return out
+
+
+def _flat(base):
+    return type(f"_{base.__name__}", (base,), {
+        "fdiff": lambda self, argindex=1: sp.S.Zero,
+        "_eval_derivative": lambda self, s: sp.S.Zero,
+    })
+
+
+CONVENTIONS = {cls: sub for cls, sub in [
+    (sp.Max, _Max), (sp.Min, _Min),
+    (sp.sign, _flat(sp.sign)), (sp.floor, _flat(sp.floor)),
+    (sp.ceiling, _flat(sp.ceiling)), (sp.Heaviside, _flat(sp.Heaviside)),
+]}
+_BACK = {sub: cls for cls, sub in CONVENTIONS.items()}
+
+
+def _swap(expr, table):
+    # Basic.__new__ rebuilds the node without re-evaluating its (already canonical) args.
+    return expr.replace(lambda e: type(e) in table, lambda e: sp.Basic.__new__(table[type(e)], *e.args))
+
+
+@lru_cache(maxsize=4096)
+def partials(body: sp.Expr, nargs: int) -> tuple:
+    """Partial derivatives of ``body`` with respect to ``_a0 .. _a{nargs-1}``.
+
+    The results may use ``_a{nargs}``, which stands for the primal output ``body`` itself
+    (so ``d tanh(a)/da`` becomes ``1 - _a1**2`` and reuses the forward value).  Dirac deltas
+    (derivatives of steps) are 0 by gradc's conventions.
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> from gradc.prims import partials, placeholder
+    >>> partials(sp.tanh(placeholder(0)), 1)
+    (1 - _a1**2,)
+    >>> partials(sp.Max(placeholder(0), 0), 1)
+    (Heaviside(_a0, 0),)
+    """
+    ans = placeholder(nargs)
+    conv = _swap(body, CONVENTIONS)
+    out = []
+    for i in range(nargs):
+        if isinstance(body, sp.Pow) and body.base == placeholder(i) and not body.exp.is_Number:
+            # sympy writes d(x**y)/dx as y*x**y/x, which is 0/0 at x = 0; use y*x**(y-1)
+            d = body.exp * body.base ** (body.exp - 1)
+        else:
+            d = sp.diff(conv, placeholder(i))
+        d = _swap(d, _BACK)
+        d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+        if d.has(sp.Derivative, sp.Subs):
+            bad = next(iter(d.atoms(sp.Derivative, sp.Subs)))
+            fname = type(bad.expr).__name__ if isinstance(bad, sp.Derivative) else "Subs"
+            raise GradcError(
+                f"sympy cannot differentiate {fname} in {short(body)} (it returned the "
+                f"unevaluated {short(bad)}); give {fname} an fdiff method or rewrite it"
+            )
+        if d != 0 and not body.is_Atom:
+            d = d.xreplace({body: ans})
+        out.append(d)
+    return tuple(out)
+
+
+_PH = re.compile(r"\b_a(\d+)\b")
+
+
+@register
+class Elementwise(Primitive):
+    name = "elementwise"
+
+    def describe(self, eqn):
+        return f"[{eqn.params}]({', '.join(repr(a) for a in eqn.inputs)})"
+
+    def emit(self, eqn, names, printer):
+        template = printer.template(eqn.params)
+        return _PH.sub(lambda m: names[int(m.group(1))], template)
+
+    def jvp(self, b, eqn, tangents):
+        k = len(eqn.inputs)
+        ds = partials(eqn.params, k)
+        terms, inputs = [], list(eqn.inputs) + [eqn.out]
+        for i, t in enumerate(tangents):
+            if t is None or ds[i] == 0:
+                continue
+            inputs.append(t)
+            terms.append(ds[i] * placeholder(len(inputs) - 1))
+        if not terms:
+            return None
+        return elementwise(b, sp.Add(*terms), inputs)
+
+    def vjp(self, b, eqn, ct, active):
+        k = len(eqn.inputs)
+        ds = partials(eqn.params, k)
+        inputs = list(eqn.inputs) + [eqn.out, ct]
+        ctp = placeholder(k + 1)
+        return [
+            elementwise(b, ds[i] * ctp, inputs) if active[i] and ds[i] != 0 else None
+            for i in range(k)
+        ]
+
+
+def number(value: float) -> sp.Expr:
+    """The sympy number for a float64 literal (integers stay exact)."""
+    if value != value:
+        return sp.nan
+    if value in (float("inf"), float("-inf")):
+        return sp.oo if value > 0 else -sp.oo
+    if value == int(value) and abs(value) < 2**53:
+        return sp.Integer(int(value))
+    return sp.Float(value)
+
+
+def elementwise(b, body: sp.Expr, inputs):
+    """Emit ``body(inputs)`` canonically and return its atom.
+
+    Literal inputs are folded into the body, unused and repeated inputs are dropped and
+    placeholders renumbered in order of first use; a body that is a number or a bare
+    placeholder needs no equation.
+    """
+    lits = {placeholder(i): number(a.value) for i, a in enumerate(inputs) if isinstance(a, Lit)}
+    if lits:
+        body = body.xreplace(lits)
+    free = body.free_symbols
+    slot: dict = {}  # Var -> new placeholder index
+    ren = {}
+    for i, atom in enumerate(inputs):
+        p = placeholder(i)
+        if isinstance(atom, Var) and p in free:
+            ren[p] = placeholder(slot.setdefault(atom, len(slot)))
+    if not ren:
+        try:
+            return Lit(float(body))
+        except TypeError:
+            raise GradcError(f"cannot evaluate {short(body)} to a float64 number") from None
+    body = body.xreplace(ren)
+    if not slot:
+        raise GradcError(f"expression {short(body)} has no inputs and is not a number")
+    keep = list(slot)
+    if body == placeholder(0) and len(keep) == 1:
+        return keep[0]
+    return b.emit("elementwise", keep, body)
