@@ -23,7 +23,7 @@ from . import __version__, backend
 from .ad import jvp_program, vjp_program
 from .codegen.emit import generate
 from .errors import GradcError, short
-from .frontend import check_roles, lower
+from .frontend import check_roles, lower, structural_key
 
 REDUCTIONS = ("mean", "sum", None)
 
@@ -69,8 +69,8 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
             raise GradcError(f"expected a sympy expression, got {type(expr).__name__}") from None
     wrt, data, consts = check_roles(expr, list(wrt), list(data), list(consts))
     key = backend.make_key(
-        sp.srepr(expr), sp.srepr(sp.Tuple(*wrt)), sp.srepr(sp.Tuple(*data)),
-        sp.srepr(sp.Tuple(*consts)), repr(reduce),
+        structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
+        repr(reduce),
     )
     source = backend.lookup(key) if jit else None
     if source is None:
@@ -79,6 +79,11 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
                           title=short(expr, 200), version=__version__)
     kernels = backend.load(source, key, jit=jit)
     return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit)
+
+
+def _plain(x):
+    """numpy scalars become Python floats; arrays stay arrays."""
+    return float(x) if np.ndim(x) == 0 else x
 
 
 class CompiledFunction:
@@ -172,7 +177,10 @@ class CompiledFunction:
     # -- calls ------------------------------------------------------------------------------
     def _call(self, kernel, *args):
         with np.errstate(all="ignore"):
-            return kernel(*args)
+            out = kernel(*args)
+        if isinstance(out, tuple):
+            return tuple(_plain(o) for o in out)
+        return _plain(out)
 
     def value(self, params, *args):
         """The (reduced) value of the expression."""

@@ -25,5 +25,8 @@ class GradcError(ValueError):
 
 def short(expr, limit: int = 80) -> str:
     """Return ``str(expr)`` cut to ``limit`` characters, for error messages."""
-    text = str(expr)
+    try:
+        text = str(expr)
+    except RecursionError:
+        return f"<{type(expr).__name__} too deep to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

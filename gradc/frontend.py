@@ -26,6 +26,44 @@ from .errors import GradcError, short
 from .ir import Builder, Lit, Program
 
 
+def postorder(expr):
+    """Every distinct subexpression of ``expr``, children before parents (iterative)."""
+    seen, order, stack = set(), [], [(expr, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        stack.extend((a, False) for a in reversed(node.args) if a not in seen)
+    return order
+
+
+def free_symbols(expr):
+    """The free symbols of ``expr`` without sympy's recursion (deep expressions)."""
+    return {n for n in postorder(expr) if isinstance(n, sp.Symbol)}
+
+
+def structural_key(expr) -> str:
+    """A text that identifies ``expr`` exactly and is stable across processes.
+
+    Like ``srepr`` (class names, symbol assumptions, exact numbers) but iterative, and
+    linear in the size of the DAG: shared subexpressions are written once.
+    """
+    ids, lines = {}, []
+    for node in postorder(expr):
+        if node.args:
+            body = type(node).__name__ + "(" + ",".join(str(ids[a]) for a in node.args) + ")"
+        else:
+            body = sp.srepr(node)
+        ids[node] = len(lines)
+        lines.append(body)
+    return "\n".join(lines)
+
+
 def check_roles(expr, wrt, data, consts):
     """Validate the symbol roles; return them as tuples of sympy Symbols."""
     roles = {}
@@ -47,7 +85,7 @@ def check_roles(expr, wrt, data, consts):
         raise GradcError(
             f"expected a scalar sympy expression, got {short(expr)} of class {type(expr).__name__}"
         )
-    for s in sorted(expr.free_symbols, key=str):
+    for s in sorted(free_symbols(expr), key=str):
         if s not in roles:
             raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
     if not wrt:
@@ -127,12 +165,11 @@ class Lowerer:
 
     # -- elementwise --------------------------------------------------------------------
     def _lower_Pow(self, node):
-        base, exponent = node.args
-        if exponent.is_Number:
-            body = prims.placeholder(0) ** exponent
-            return prims.elementwise(self.b, body, [self.memo[base]])
-        body = prims.placeholder(0) ** prims.placeholder(1)
-        return prims.elementwise(self.b, body, [self.memo[base], self.memo[exponent]])
+        # numbers stay in the body: x**3 differentiates as 3*x**2, with no log(x) term
+        operands = [a for a in node.args if not a.is_Number]
+        slots = {a: prims.placeholder(i) for i, a in enumerate(operands)}
+        body = sp.Pow(*[slots.get(a, a) for a in node.args])
+        return prims.elementwise(self.b, body, [self.memo[a] for a in operands])
 
     def _lower_AppliedUndef(self, node):
         raise GradcError(
@@ -167,7 +204,7 @@ def _collect_operands(node, out):
         # Branches stay whole inside the body, down to their symbols: sympy then
         # differentiates each branch under its condition, so an untaken branch with an
         # infinite derivative (sqrt at 0, log below 0) cannot leak 0 * inf = nan.
-        for s in sorted(node.free_symbols, key=sp.default_sort_key):
+        for s in sorted(free_symbols(node), key=sp.default_sort_key):
             if s not in out:
                 out.append(s)
         return
