@@ -67,7 +67,7 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
             expr = sp.sympify(expr)
         except (sp.SympifyError, TypeError):
             raise GradcError(f"expected a sympy expression, got {type(expr).__name__}") from None
-    wrt, data, consts = check_roles(expr, list(wrt), list(data), list(consts))
+    wrt, data, consts = check_roles(expr, wrt, data, consts)
     key = backend.make_key(
         structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
         repr(reduce),

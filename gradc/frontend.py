@@ -19,7 +19,8 @@ depth is unlimited, and equal subexpressions are lowered once.
 from __future__ import annotations
 
 import sympy as sp
-from sympy.core.function import AppliedUndef, Application
+from sympy.concrete.expr_with_limits import ExprWithLimits
+from sympy.core.function import Application
 
 from . import prims
 from .errors import GradcError, short
@@ -85,6 +86,11 @@ def check_roles(expr, wrt, data, consts):
         raise GradcError(
             f"expected a scalar sympy expression, got {short(expr)} of class {type(expr).__name__}"
         )
+    for node in postorder(expr):
+        if isinstance(node, (ExprWithLimits, sp.Lambda)):  # Integral, Sum, Product...
+            raise GradcError(
+                f"unsupported sympy class {type(node).__name__} in subexpression {short(node)}"
+            )
     for s in sorted(free_symbols(expr), key=str):
         if s not in roles:
             raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
@@ -148,6 +154,9 @@ class Lowerer:
 
     def _lower_NumberSymbol(self, node):
         return Lit(float(node))
+
+    def _lower_ComplexInfinity(self, node):
+        raise GradcError("non-real number zoo (complex infinity) in the expression")
 
     def _lower_ImaginaryUnit(self, node):
         raise GradcError("complex numbers are not supported (found the imaginary unit I)")

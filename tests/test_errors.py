@@ -1,0 +1,94 @@
+"""Bad input gets a GradcError naming the offending symbol, argument, shape or class."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc
+from gradc import GradcError
+
+x, y, w, b = sp.symbols("x y w b")
+
+
+@pytest.fixture(scope="module")
+def fn():
+    return gradc.compile((w * x + b - y) ** 2, wrt=[w, b], data=[x, y], jit=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(expr=w * x * y, wrt=[w], data=[x]), "free symbol y is in neither"),
+        (dict(expr=w * x, wrt=[w, x], data=[x]), "symbol x appears in both wrt and data"),
+        (dict(expr=w * x, wrt=[w, w], data=[x]), "symbol w appears in wrt twice"),
+        (dict(expr=w * x, wrt=[], data=[x, w]), "wrt is empty"),
+        (dict(expr=w * x, wrt=[w * 2], data=[x]), "wrt entries must be sympy Symbols.*Mul"),
+        (dict(expr=w * x, wrt=w, data=[x]), "wrt must be a sequence"),
+        (dict(expr=w * x, wrt=[w], data=[x], reduce="max"), "reduce must be one of"),
+        (dict(expr=sp.I * w, wrt=[w]), "imaginary unit"),
+        (dict(expr=sp.Function("f")(w), wrt=[w]), "undefined function f"),
+        (dict(expr=sp.Integral(w * x, x), wrt=[w]), "Integral"),
+        (dict(expr=sp.Derivative(sp.sin(w * x), x), wrt=[w], data=[x]), "Derivative"),
+        (dict(expr=sp.polygamma(0, w), wrt=[w]), "polygamma"),
+        (dict(expr=sp.Eq(w, 1), wrt=[w]), "Equality"),
+        (dict(expr=sp.Matrix([w]), wrt=[w]), "DenseMatrix"),
+        (dict(expr=sp.zoo * w, wrt=[w]), "non-real number"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_compile_errors(kwargs, match):
+    expr = kwargs.pop("expr")
+    with pytest.raises(GradcError, match=match):
+        gradc.compile(expr, jit=False, **kwargs)
+
+
+def test_undifferentiable_function_names_the_class():
+    class Knot(sp.Function):
+        """A function sympy can evaluate but not differentiate."""
+
+    Knot.fdiff = sp.Function.fdiff  # no derivative: sympy returns Derivative(...)
+    with pytest.raises(GradcError, match="Knot"):
+        gradc.compile(Knot(w) * x, wrt=[w], data=[x], jit=False)
+
+
+def test_gamma_has_a_kernel_but_no_derivative_kernel():
+    # gamma' = gamma * polygamma(0, .), and polygamma has no numba implementation
+    with pytest.raises(GradcError, match="polygamma"):
+        gradc.compile(sp.gamma(w), wrt=[w], jit=False)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda f: f.value([1.0], np.ones(3), np.ones(3)), r"params has shape \(1,\); expected 2"),
+        (lambda f: f.value([1.0, 2.0, 3.0], np.ones(3), np.ones(3)), "expected 2 values"),
+        (lambda f: f.value("ab", np.ones(3), np.ones(3)), "params must be a sequence of numbers"),
+        (lambda f: f.value([1.0, 2.0], np.ones(3)), r"expected 2 data array\(s\) \(x, y\)"),
+        (lambda f: f.value([1.0, 2.0], np.ones(3), np.ones(4)), "data y has 4 examples but x has 3"),
+        (lambda f: f.value([1.0, 2.0], np.ones((3, 2)), np.ones(3)), r"data x: expected a 1-D array.*\(3, 2\)"),
+        (lambda f: f.value([1.0, 2.0], np.array(["a", "b"]), np.ones(2)), "data x: dtype <U1 is not a real"),
+        (lambda f: f.value([1.0, 2.0], np.ones(2) + 1j, np.ones(2)), "data x: dtype complex128"),
+        (lambda f: f.value([1.0, 2.0], np.ones(0), np.ones(0)), "empty batch: data x has 0 examples"),
+        (lambda f: f.jvp([1.0, 2.0], [1.0], np.ones(2), np.ones(2)), "tangent has shape"),
+    ],
+)
+def test_call_errors(fn, call, match):
+    with pytest.raises(GradcError, match=match):
+        call(fn)
+
+
+def test_const_must_be_scalar():
+    lam = sp.Symbol("lam")
+    f = gradc.compile(lam * w**2, wrt=[w], consts=[lam], jit=False)
+    with pytest.raises(GradcError, match="const lam: expected a real scalar"):
+        f.value([1.0], np.ones(2))
+    assert f.value([3.0], 2) == 18.0
+
+
+def test_integer_and_bool_data_are_accepted(fn):
+    v = fn.value([1.0, 0.0], np.array([1, 2]), np.array([True, False]))
+    assert v == pytest.approx(((1 - 1) ** 2 + (2 - 0) ** 2) / 2)
+
+
+def test_error_is_a_value_error():
+    assert issubclass(GradcError, ValueError)
