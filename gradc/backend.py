@@ -34,13 +34,28 @@ from functools import lru_cache
 from pathlib import Path
 
 import numba
+import numpy as np
+from numba.core.caching import FunctionCache
 
 KERNEL_NAMES = ("value", "value_and_grad", "grad", "jvp")
 
 
+class _CheckedFunctionCache(FunctionCache):
+    """numba's on-disk cache, except that an unreadable entry (a truncated or corrupted
+    file) counts as a miss: numba compiles again and overwrites it."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception:  # noqa: BLE001 - any failure to unpickle means "not cached"
+            return None
+
+
 def njit(fn, *, parallel: bool = False):
     """The one place gradc calls ``numba.njit``: every kernel gets these options."""
-    return numba.njit(fn, cache=True, error_model="numpy", parallel=parallel, nogil=True)
+    disp = numba.njit(fn, cache=True, error_model="numpy", parallel=parallel, nogil=True)
+    disp._cache = _CheckedFunctionCache(disp.py_func)
+    return disp
 
 
 def cache_dir() -> Path:
@@ -123,6 +138,14 @@ def store(key: str, source: str) -> Path:
     return path
 
 
+#: numpy stand-ins for gradc's vectorised maths kernels on the ``jit=False`` path
+#: (correctly rounded or within 1 ulp; the kernels are within 2 ulp of these).
+PYTHON_VMATH = types.SimpleNamespace(
+    exp=np.exp, log=np.log, tanh=np.tanh, expm1=np.expm1, log1p=np.log1p,
+    sigmoid=lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+)
+
+
 class Kernels(types.SimpleNamespace):
     """The compiled kernels of one function: ``value``, ``value_and_grad``, ``grad``, ``jvp``."""
 
@@ -136,7 +159,7 @@ _loaded: dict = {}
 
 def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Kernels:
     """Compile (or load) the kernels in ``source``; see the module docstring."""
-    from .codegen import runtime, vmath
+    from .codegen import runtime
 
     if not jit:
         module = types.ModuleType(f"gradc_py_{key}")
@@ -144,7 +167,7 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Ker
         code = compile(source, module.__file__, "exec")
         exec(code, module.__dict__)
         module._rt = runtime.python
-        module._vm = vmath.python
+        module._vm = PYTHON_VMATH
         return Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES})
     cached = _loaded.get((key, parallel))
     if cached is not None:

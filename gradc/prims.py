@@ -315,4 +315,14 @@ def elementwise(b, body: sp.Expr, inputs):
     keep = list(slot)
     if body == placeholder(0) and len(keep) == 1:
         return keep[0]
+    # plain products and sums of inputs are the structural primitives (shared CSE keys)
+    atom_of = {placeholder(i): a for i, a in enumerate(keep)}
+    if isinstance(body, (sp.Mul, sp.Add)) and all(a in atom_of for a in body.args):
+        atoms = [atom_of[a] for a in body.args]
+        if isinstance(body, sp.Add):
+            return add(b, atoms)
+        out = atoms[0]
+        for a in atoms[1:]:
+            out = mul(b, out, a)
+        return out
     return b.emit("elementwise", keep, body)

@@ -1,0 +1,102 @@
+"""The disk cache: a second process loads the generated module and numba's machine code
+instead of compiling; corrupted entries are detected and rebuilt."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np, sympy as sp
+    import gradc, gradc.compiled
+    calls = []
+    real_lower = gradc.compiled.lower
+    gradc.compiled.lower = lambda *a, **k: calls.append(1) or real_lower(*a, **k)
+    w, x = sp.symbols("w x")
+    t = time.perf_counter()
+    fn = gradc.compile(sp.exp(-w * x) * sp.tanh(w + x), wrt=[w], data=[x])
+    v, g = fn.value_and_grad([0.7], np.linspace(0, 1, 11))
+    elapsed = time.perf_counter() - t
+    st = fn.kernels.value_and_grad.stats
+    print(json.dumps({"lowered": len(calls), "hits": sum(st.cache_hits.values()),
+                      "misses": sum(st.cache_misses.values()), "v": v, "g": g.tolist(),
+                      "seconds": elapsed}))
+    """
+)
+
+
+def run(cache):
+    env = dict(os.environ, GRADC_CACHE_DIR=str(cache))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("gradc-cache")
+
+
+@pytest.fixture(scope="module")
+def first(cache):
+    return run(cache)
+
+
+def entry(cache):
+    (e,) = [p for p in cache.iterdir() if p.is_dir()]
+    return e
+
+
+def test_first_process_compiles(first):
+    assert first["lowered"] == 1 and first["misses"] == 1 and first["hits"] == 0
+
+
+def test_second_process_loads_machine_code(cache, first):
+    second = run(cache)
+    assert second["lowered"] == 0, "the sympy work should come from the cache"
+    assert second["hits"] == 1 and second["misses"] == 0
+    assert second["v"] == first["v"] and second["g"] == first["g"]
+
+
+def test_entry_layout(cache, first):
+    e = entry(cache)
+    meta = json.loads((e / "meta.json").read_text())
+    assert meta["key"] == e.name and len(meta["sha256"]) == 64
+    assert (e / "kernels.py").read_text().startswith('"""gradc kernels for:')
+    assert any(p.suffix == ".nbi" for p in (e / "__pycache__").iterdir())
+
+
+def test_corrupted_source_is_rebuilt(cache, first):
+    path = entry(cache) / "kernels.py"
+    path.write_text(path.read_text()[:-200] + "\nthis is not python\n")
+    again = run(cache)
+    assert again["lowered"] == 1, "a corrupted entry must be regenerated"
+    assert again["v"] == first["v"] and again["g"] == first["g"]
+    fixed = run(cache)
+    assert fixed["lowered"] == 0 and fixed["hits"] == 1
+
+
+def test_corrupted_numba_cache_is_recompiled(cache, first):
+    run(cache)  # make sure a good entry exists
+    for p in (entry(cache) / "__pycache__").iterdir():
+        if p.suffix == ".nbc":
+            p.write_bytes(b"garbage")
+    again = run(cache)
+    assert again["v"] == first["v"] and again["g"] == first["g"]
+
+
+def test_python_path_writes_nothing(tmp_path, monkeypatch):
+    import sympy as sp
+
+    import gradc
+
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "c"))
+    w = sp.Symbol("w")
+    gradc.compile(w**2, wrt=[w], jit=False).value([1.0])
+    assert not (tmp_path / "c").exists()
