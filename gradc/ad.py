@@ -22,7 +22,8 @@ shared by forward and backward code is computed once.
 from __future__ import annotations
 
 from . import prims
-from .ir import Builder, Lit, Program, Var
+from .ir import Builder, Lit, Program, Var, type_of
+from .prims.array import batch_sum, broadcast, sum_elements
 
 
 def active_set(prog: Program) -> set:
@@ -46,12 +47,12 @@ def jvp_program(prog: Program) -> Program:
     >>> print(jvp_program(lower(sp.exp(w * x), wrt=[w], data=[x])))
     program:
       v0: param w
-      v1: data x
+      v1: data x :batched
       v4: tangent w
-      v2 = v0 * v1
-      v3 = [exp(_a0)](v2)
-      v5 = v4 * v1
-      v6 = v3 * v5
+      v2 :batched = v0 * v1
+      v3 :batched = [exp(_a0)](v2)
+      v5 :batched = v4 * v1
+      v6 :batched = v3 * v5
       return v3, v6
     """
     b = Builder(prog)
@@ -78,11 +79,31 @@ def _tangent_of(atom, tangent):
     return Lit(0.0)
 
 
-def vjp_program(prog: Program, seed: str = "one") -> Program:
+def unbroadcast(b, ct, var, per_example_ct=False, per_example=False):
+    """Bring a cotangent contribution to the type of ``var``.
+
+    ``per_example_ct`` says the contribution is one cotangent per example (it comes from
+    a batched value), even if its value is the same for all (then it is not batched
+    itself).  Such a contribution for a batch-invariant ``var`` is summed over the batch
+    (unless ``per_example``: per-example gradients).  A matrix contribution for a scalar
+    ``var`` is summed over its elements; a scalar one for a matrix is broadcast.
+    """
+    shape, isb = type_of(var)
+    cshape, cb = type_of(ct)
+    if cshape != shape:
+        ct = sum_elements(b, ct) if shape == () else broadcast(b, ct, shape)
+    if (per_example_ct or cb) and not isb and not per_example:
+        ct = batch_sum(b, ct)
+    return ct
+
+
+def vjp_program(prog: Program, seed: str = "one", per_example: bool = False) -> Program:
     """Reverse mode: the primal output, then its gradient for each ``param`` input.
 
     ``seed="one"`` seeds the output's cotangent with the literal 1; ``seed="input"`` adds a
-    ``cotangent`` input instead (a vector-Jacobian product).
+    ``cotangent`` input instead (a vector-Jacobian product).  With ``per_example`` the
+    cotangents of batch-invariant values are not summed over the batch: the gradients
+    come back per example (for scalar programs with per-example outputs).
 
     Examples
     --------
@@ -93,11 +114,12 @@ def vjp_program(prog: Program, seed: str = "one") -> Program:
     >>> print(vjp_program(lower(sp.exp(w * x), wrt=[w], data=[x])))
     program:
       v0: param w
-      v1: data x
-      v2 = v0 * v1
-      v3 = [exp(_a0)](v2)
-      v4 = v3 * v1
-      return v3, v4
+      v1: data x :batched
+      v2 :batched = v0 * v1
+      v3 :batched = [exp(_a0)](v2)
+      v4 :batched = v3 * v1
+      v5 = batch_sum(v4)
+      return v3, v5
     """
     (out,) = prog.outputs
     b = Builder(prog)
@@ -110,14 +132,16 @@ def vjp_program(prog: Program, seed: str = "one") -> Program:
         parts = contribs.pop(e.out.id, None)
         if not parts:
             continue
-        ct = prims.add(b, parts)
+        ct = unbroadcast(b, prims.add(b, parts), e.out, per_example=per_example)
         is_active = [isinstance(a, Var) and a.id in active for a in e.inputs]
         for a, c in zip(e.inputs, prims.registry[e.prim].vjp(b, e, ct, is_active)):
             if c is not None:
+                c = unbroadcast(b, c, a, e.out.batched and e.prim != "batch_sum", per_example)
                 contribs.setdefault(a.id, []).append(c)
     grads = []
     for inp in prog.inputs_of("param"):
         g = prims.add(b, contribs.get(inp.var.id, []))
-        grads.append(Lit(0.0) if g is None else g)
+        g = Lit(0.0) if g is None else unbroadcast(b, g, inp.var, per_example=per_example)
+        grads.append(g)
     names = list(prog.output_names) + [f"grad_{i.name}" for i in prog.inputs_of("param")]
     return b.build([out] + grads, names)

@@ -74,9 +74,10 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
     )
     source = backend.lookup(key) if jit else None
     if source is None:
-        prog = lower(expr, wrt, data, consts)
-        source = generate(prog, vjp_program(prog), jvp_program(prog), reduce,
-                          title=short(expr, 200), version=__version__)
+        prog = lower(expr, wrt, data, consts, reduce)
+        per_example = reduce is None and bool(data)
+        source = generate(prog, vjp_program(prog, per_example=per_example), jvp_program(prog),
+                          reduce, title=short(expr, 200), version=__version__)
     kernels = backend.load(source, key, jit=jit)
     return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit)
 

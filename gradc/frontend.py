@@ -12,8 +12,15 @@ Dispatch goes through the class's MRO to a ``_lower_<ClassName>`` method of
 :class:`Lowerer`; ``Add`` and ``Mul`` become the structural primitives, everything else that
 is a function application (``Pow``, any sympy ``Function``, ``Piecewise``, ``Max``...) becomes
 one ``elementwise`` equation whose body is the node with its operands replaced by
-placeholders.  The traversal is an explicit post-order stack over the expression DAG, so
-depth is unlimited, and equal subexpressions are lowered once.
+placeholders.  Matrix expressions (``MatrixSymbol``, ``MatMul``, ``MatAdd``, ``Transpose``,
+Hadamard products and powers, ``applyfunc``, ``Identity``/``ZeroMatrix``/``OneMatrix``,
+``Trace`` and the :mod:`gradc.nn` building blocks) lower to the array primitives; the
+order of a chain of matrix products is chosen by :func:`gradc.planner.chain_order`, with a
+batched vector counting as n columns.  The traversal is an explicit post-order stack over
+the expression DAG, so depth is unlimited, and equal subexpressions are lowered once.
+
+With ``reduce="sum"`` or ``"mean"`` the program's output is the value summed (or averaged)
+over the batch; with ``None`` it is the per-example value.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from sympy.core.function import Application
 
 from . import prims
 from .errors import GradcError, short
-from .ir import Builder, Lit, Program
+from .ir import Builder, Lit, Program, type_of
+from .prims import array as ap
 
 
 def postorder(expr):
@@ -39,13 +47,20 @@ def postorder(expr):
             continue
         seen.add(node)
         stack.append((node, True))
-        stack.extend((a, False) for a in reversed(node.args) if a not in seen)
+        if not isinstance(node, sp.Lambda):  # a Lambda (in applyfunc) is one leaf
+            stack.extend((a, False) for a in reversed(node.args) if a not in seen)
     return order
 
 
 def free_symbols(expr):
-    """The free symbols of ``expr`` without sympy's recursion (deep expressions)."""
-    return {n for n in postorder(expr) if isinstance(n, sp.Symbol)}
+    """The free symbols (and matrix symbols) of ``expr``, without sympy's recursion."""
+    out = set()
+    for n in postorder(expr):
+        if isinstance(n, (sp.Symbol, sp.MatrixSymbol)):
+            out.add(n)
+        elif isinstance(n, sp.Lambda):
+            out |= n.expr.free_symbols - set(n.variables)
+    return out
 
 
 def structural_key(expr) -> str:
@@ -65,6 +80,21 @@ def structural_key(expr) -> str:
     return "\n".join(lines)
 
 
+def matrix_shape(m):
+    """The shape of a matrix expression as two ints, or a GradcError naming it."""
+    try:
+        r, c = (int(d) for d in m.shape)
+    except TypeError:
+        raise GradcError(f"matrix {short(m)} has the symbolic shape {m.shape}; use integers") from None
+    return r, c
+
+
+def ir_shape(m):
+    """The IR shape of a matrix expression: 1x1 matrices are scalars."""
+    r, c = matrix_shape(m)
+    return () if (r, c) == (1, 1) else (r, c)
+
+
 def check_roles(expr, wrt, data, consts):
     """Validate the symbol roles; return them as tuples of sympy Symbols."""
     roles = {}
@@ -72,22 +102,36 @@ def check_roles(expr, wrt, data, consts):
         if isinstance(syms, sp.Basic):
             raise GradcError(f"{role} must be a sequence of symbols, got the single {syms}")
         for s in syms:
-            if not isinstance(s, sp.Symbol):
+            if not isinstance(s, (sp.Symbol, sp.MatrixSymbol)):
                 raise GradcError(
-                    f"{role} entries must be sympy Symbols; got {short(s)} "
+                    f"{role} entries must be sympy Symbols or MatrixSymbols; got {short(s)} "
                     f"of class {type(s).__name__}"
                 )
+            if isinstance(s, sp.MatrixSymbol):
+                shape = matrix_shape(s)
+                if role == "data" and 1 not in shape:
+                    raise GradcError(
+                        f"data {s} has shape {shape}: per-example data must be a vector "
+                        f"(a column {shape[0] * shape[1]}x1 or a row); flatten it"
+                    )
             if s in roles:
                 other = roles[s]
                 where = f"both {other} and {role}" if other != role else f"{role} twice"
                 raise GradcError(f"symbol {s} appears in {where}")
             roles[s] = role
-    if not isinstance(expr, sp.Expr):
+    if isinstance(expr, sp.MatrixExpr):
+        if matrix_shape(expr) != (1, 1):
+            raise GradcError(
+                f"the expression must be a scalar (a loss); got a "
+                f"{'x'.join(map(str, matrix_shape(expr)))} matrix: reduce it, for example "
+                "with gradc.nn.sum or gradc.nn.cross_entropy"
+            )
+    elif not isinstance(expr, sp.Expr):
         raise GradcError(
             f"expected a scalar sympy expression, got {short(expr)} of class {type(expr).__name__}"
         )
     for node in postorder(expr):
-        if isinstance(node, (ExprWithLimits, sp.Lambda)):  # Integral, Sum, Product...
+        if isinstance(node, ExprWithLimits):  # Integral, Sum, Product...
             raise GradcError(
                 f"unsupported sympy class {type(node).__name__} in subexpression {short(node)}"
             )
@@ -124,6 +168,11 @@ class Lowerer:
 
     def operands(self, node):
         """The subexpressions that must be lowered before ``node``."""
+        if isinstance(node, sp.MatrixSymbol):
+            return []
+        if isinstance(node, sp.MatrixExpr) or getattr(node, "gradc_operands", None):
+            return [a for a in node.args if isinstance(a, (sp.Expr, sp.MatrixExpr))
+                    and not isinstance(a, sp.Lambda) and not a.is_Number]
         if isinstance(node, (sp.Add, sp.Mul)):
             return list(node.args)
         if isinstance(node, sp.Pow):
@@ -197,6 +246,123 @@ class Lowerer:
         body = _replace_operands(node, slots)
         return prims.elementwise(self.b, body, [self.memo[op] for op in operands])
 
+    # -- matrices -------------------------------------------------------------------------
+    def _lower_MatrixSymbol(self, node):  # pragma: no cover - roles are checked first
+        raise GradcError(f"free matrix symbol {node} is in neither wrt, data nor consts")
+
+    def _lower_MatAdd(self, node):
+        return prims.add(self.b, [self.memo[a] for a in node.args])
+
+    def _lower_MatMul(self, node):
+        scalars = [self.memo[a] for a in node.args if not isinstance(a, sp.MatrixExpr)]
+        mats = [a for a in node.args if isinstance(a, sp.MatrixExpr)]
+        out = self._chain([self.memo[m] for m in mats], [matrix_shape(m) for m in mats])
+        for s in scalars:
+            out = prims.mul(self.b, s, out)
+        return out
+
+    def _chain(self, atoms, shapes):
+        """Multiply a chain of matrices in the cheapest order (matrix chain DP); a batched
+        vector counts as n columns, with n standing at 1000."""
+        if len(atoms) == 1:
+            return atoms[0]
+        from .planner import chain_order
+
+        dims = [shapes[0][0]] + [s[1] for s in shapes]
+        for i, a in enumerate(atoms):  # a batch of column vectors is a wide matrix
+            if type_of(a)[1] and shapes[i][1] == 1:
+                dims[i + 1] = 1000
+            if type_of(a)[1] and shapes[i][0] == 1:
+                dims[i] = 1000
+        _, brackets = chain_order(dims)
+        return self._bracketed(brackets, atoms)
+
+    def _bracketed(self, text, atoms):
+        stack = [[]]
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch == "(":
+                stack.append([])
+            elif ch == ")":
+                items = stack.pop()
+                out = items[0]
+                for it in items[1:]:
+                    out = ap.matmul(self.b, out, it)
+                stack[-1].append(out)
+            elif ch == "A":
+                j = i + 1
+                while j < len(text) and text[j].isdigit():
+                    j += 1
+                stack[-1].append(atoms[int(text[i + 1:j]) - 1])
+                i = j - 1
+            i += 1
+        (out,) = stack[0]
+        return out
+
+    def _lower_Transpose(self, node):
+        return ap.transpose(self.b, self.memo[node.arg])
+
+    def _lower_HadamardProduct(self, node):
+        out = self.memo[node.args[0]]
+        for a in node.args[1:]:
+            out = prims.mul(self.b, out, self.memo[a])
+        return out
+
+    def _lower_HadamardPower(self, node):
+        base, exponent = node.args
+        if exponent.is_Number:
+            return prims.elementwise(self.b, prims.placeholder(0) ** exponent, [self.memo[base]])
+        body = prims.placeholder(0) ** prims.placeholder(1)
+        return prims.elementwise(self.b, body, [self.memo[base], self.memo[exponent]])
+
+    def _lower_ElementwiseApplyFunction(self, node):
+        lam, arg = node.function, node.expr
+        if not isinstance(lam, sp.Lambda) or len(lam.variables) != 1:
+            lam = sp.Lambda(sp.Dummy("t"), lam(sp.Dummy("t")))
+        (var,) = lam.variables
+        others = sorted(lam.expr.free_symbols - {var}, key=sp.default_sort_key)
+        slots = {var: prims.placeholder(0)}
+        slots.update({s: prims.placeholder(i + 1) for i, s in enumerate(others)})
+        body = lam.expr.xreplace(slots)
+        return prims.elementwise(self.b, body, [self.memo[arg]] + [self.memo[s] for s in others])
+
+    def _lower_Identity(self, node):
+        r, c = matrix_shape(node)
+        return Lit(1.0) if (r, c) == (1, 1) else self.b.emit("eye", [], (r, c))
+
+    def _lower_ZeroMatrix(self, node):
+        return ap.broadcast(self.b, Lit(0.0), ir_shape(node))
+
+    def _lower_OneMatrix(self, node):
+        return ap.broadcast(self.b, Lit(1.0), ir_shape(node))
+
+    def _lower_Trace(self, node):
+        a = self.memo[node.arg]
+        if type_of(a)[0] == ():
+            return a
+        eye = self.b.emit("eye", [], type_of(a)[0])
+        return ap.sum_elements(self.b, prims.mul(self.b, a, eye))
+
+    def _lower_MatrixExpr(self, node):
+        raise GradcError(
+            f"unsupported matrix expression class {type(node).__name__} in {short(node)}"
+        )
+
+    # -- gradc.nn building blocks ---------------------------------------------------------
+    def _lower_MatSum(self, node):
+        return ap.sum_elements(self.b, self.memo[node.args[0]])
+
+    def _lower_LogSumExp(self, node):
+        a = self.memo[node.args[0]]
+        return a if type_of(a)[0] == () else self.b.emit("logsumexp", [a])
+
+    def _lower_Pick(self, node):
+        z, label = self.memo[node.args[0]], self.memo[node.args[1]]
+        if isinstance(label, Lit):
+            raise GradcError(f"pick with a constant label {label.value}: index the matrix instead")
+        return ap.pick(self.b, z, label)
+
     def _lower_Derivative(self, node):
         raise GradcError(
             f"unsupported sympy class Derivative in {short(node)}: call .doit() first"
@@ -242,7 +408,7 @@ def _replace_operands(node, slots):
     return node.func(*[_replace_operands(a, slots) for a in node.args])
 
 
-def lower(expr, wrt, data=(), consts=()) -> Program:
+def lower(expr, wrt, data=(), consts=(), reduce=None) -> Program:
     """Lower ``expr`` with the given symbol roles to a one-output program.
 
     Examples
@@ -253,9 +419,9 @@ def lower(expr, wrt, data=(), consts=()) -> Program:
     >>> print(lower(sp.tanh(w * x), wrt=[w], data=[x]))
     program:
       v0: param w
-      v1: data x
-      v2 = v0 * v1
-      v3 = [tanh(_a0)](v2)
+      v1: data x :batched
+      v2 :batched = v0 * v1
+      v3 :batched = [tanh(_a0)](v2)
       return v3
     """
     wrt, data, consts = check_roles(expr, wrt, data, consts)
@@ -263,6 +429,11 @@ def lower(expr, wrt, data=(), consts=()) -> Program:
     env = {}
     for role, syms in (("param", wrt), ("data", data), ("const", consts)):
         for i, s in enumerate(syms):
-            env[s] = b.add_input(role, str(s), i)
+            shape = ir_shape(s) if isinstance(s, sp.MatrixSymbol) else ()
+            env[s] = b.add_input(role, str(s), i, shape)
     out = Lowerer(b, env).lower(expr)
+    if reduce is not None and data:
+        out = ap.batch_sum(b, out)
+        if reduce == "mean":
+            out = prims.mul(b, out, prims.elementwise(b, 1 / prims.placeholder(0), [b.size()]))
     return b.build([out], ["value"])

@@ -4,10 +4,15 @@ Contract
 --------
 A :class:`Program` is an immutable list of equations ``out = prim(inputs; params)`` over
 :class:`Var` values (each defined exactly once) and :class:`Lit` float literals.  Inputs are
-declared with a role: ``param`` (differentiated, loop invariant), ``data`` (one value per
-example of the batch), ``const`` (loop invariant, never differentiated) or ``tangent`` /
-``cotangent`` (seeds added by the AD transforms).  Every value in this version is a float64
-scalar; :func:`typecheck` rejects unbound, rebound and unknown variables.
+declared with a role: ``param`` (differentiated), ``data`` (one value per example of the
+batch), ``const`` (never differentiated), ``size`` (the batch size n, as a float), or
+``tangent`` / ``cotangent`` (seeds added by the AD transforms).
+
+Every value has a type: its per-example ``shape`` (``()`` for a scalar, ``(rows, cols)``
+for a matrix) and whether it is ``batched`` (one value per example; anything computed from
+data is).  A primitive's ``abstract_eval`` gives the type of its output; the builder checks
+it for every equation, and :func:`typecheck` rejects unbound, rebound and unknown
+variables and any type that disagrees with its equation.
 
 Programs are built with :class:`Builder`, which hash-conses equations: asking twice for the
 same primitive on the same inputs with the same params returns the first result, so common
@@ -22,15 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("param", "data", "const", "tangent", "cotangent")
+ROLES = ("param", "data", "const", "size", "tangent", "cotangent")
 
 
 @dataclass(frozen=True, eq=False)
 class Var:
-    """An SSA value.  Identity is the integer ``id``; ``hint`` is a name for readers."""
+    """An SSA value.  Identity is the integer ``id``; ``hint`` is a name for readers;
+    ``shape`` is the per-example shape and ``batched`` says if it varies per example."""
 
     id: int
     hint: str = ""
+    shape: tuple = ()
+    batched: bool = False
 
     def __eq__(self, other):
         return isinstance(other, Var) and other.id == self.id
@@ -106,25 +114,37 @@ class Builder:
                 self.eqns.append(e)
                 self._memo[(e.prim, _key(e.inputs), e.params)] = e.out
 
-    def fresh(self, hint: str = "") -> Var:
-        v = Var(self._next, hint)
+    def fresh(self, hint: str = "", shape=(), batched=False) -> Var:
+        v = Var(self._next, hint, tuple(shape), bool(batched))
         self._next += 1
         return v
 
-    def add_input(self, role: str, name: str, index: int = 0) -> Var:
+    def add_input(self, role: str, name: str, index: int = 0, shape=(), batched=None) -> Var:
         assert role in ROLES, role
-        v = self.fresh(name)
+        if batched is None:
+            batched = role == "data"
+        v = self.fresh(name, shape, batched)
         self.inputs.append(Input(v, role, name, index))
         return v
 
+    def size(self) -> Var:
+        """The batch size n (a float input), added on first use."""
+        for inp in self.inputs:
+            if inp.role == "size":
+                return inp.var
+        return self.add_input("size", "n", 0, (), False)
+
     def emit(self, prim: str, inputs, params=None, hint: str = "") -> Var:
         """Return the value of ``prim(inputs; params)``, reusing an equal equation."""
+        from .prims import registry
+
         inputs = tuple(inputs)
         key = (prim, _key(inputs), params)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        out = self.fresh(hint)
+        shape, batched = registry[prim].abstract_eval(inputs, params)
+        out = self.fresh(hint, shape, batched)
         self.eqns.append(Eqn(prim, inputs, params, out))
         self._memo[key] = out
         return out
@@ -133,6 +153,13 @@ class Builder:
         prog = Program(tuple(self.inputs), tuple(self.eqns), tuple(outputs), tuple(output_names))
         typecheck(prog)
         return prog
+
+
+def type_of(atom):
+    """``(shape, batched)`` of an atom (literals are unbatched scalars)."""
+    if isinstance(atom, Lit):
+        return (), False
+    return atom.shape, atom.batched
 
 
 def _key(inputs):
@@ -161,6 +188,8 @@ def typecheck(program: Program) -> None:
             else:
                 assert isinstance(a, Lit), f"bad atom {a!r}"
         assert e.out.id not in bound, f"{e.out} bound twice"
+        want = registry[e.prim].abstract_eval(e.inputs, e.params)
+        assert want == (e.out.shape, e.out.batched), f"{e.out} has the wrong type in {e}"
         bound.add(e.out.id)
     for a in program.outputs:
         if isinstance(a, Var):
@@ -173,8 +202,18 @@ def pretty(program: Program) -> str:
 
     lines = []
     for inp in program.inputs:
-        lines.append(f"  {inp.var!r}: {inp.role} {inp.name}")
+        lines.append(f"  {inp.var!r}: {inp.role} {inp.name}{_type_text(inp.var)}")
     for e in program.eqns:
-        lines.append(f"  {e.out!r} = {registry[e.prim].describe(e)}")
+        lines.append(f"  {e.out!r}{_type_text(e.out)} = {registry[e.prim].describe(e)}")
     outs = ", ".join(repr(o) for o in program.outputs)
     return "program:\n" + "\n".join(lines) + f"\n  return {outs}"
+
+
+def _type_text(var):
+    """`` :(3, 1)`` / `` :batched`` annotations; plain unbatched scalars print bare."""
+    parts = []
+    if var.shape:
+        parts.append(f"{var.shape[0]}x{var.shape[1]}")
+    if var.batched:
+        parts.append("batched")
+    return (" :" + " ".join(parts)) if parts else ""

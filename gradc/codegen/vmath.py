@@ -25,44 +25,82 @@ Public functions (scalar in, float64 out)
 ``sigmoid(x)``  logistic function 1 / (1 + exp(-x)), computed without
                 overflow or cancellation for either sign of x
 
-Accuracy (float64, measured by ``tests/test_vmath.py`` against an 80-bit
-long double reference over millions of log-uniformly distributed points of
-both signs, including subnormal inputs and results): every function is
-within 2 ulp; the maxima seen were about exp 0.8, expm1 1.0, log 0.8,
-log1p 1.1, tanh 1.2, sigmoid 1.6 ulp.
+Accuracy (float64; measured by ``tests/test_vmath.py`` and larger sweeps
+against an 80-bit long double reference, over millions of points with
+log-uniform magnitudes of both signs plus dense samples where the algorithm's
+pieces meet, subnormal inputs and results included).  Contract: <= 2 ulp for
+every function; maxima seen over ~70 million points:
+
+    exp 0.80   expm1 1.20   log 0.83   log1p 0.92   tanh 0.93   sigmoid 1.20 ulp
 
 Special values follow C99/numpy: exp(+-inf) = inf/0, exp(710) = inf,
-exp(-746) = 0, subnormal results are correctly scaled (single rounding);
-log(0) = -inf, log(x<0) = nan, log(inf) = inf, subnormal inputs are exact
-in the reduction; log1p(-1) = -inf, log1p(x<-1) = nan; tanh(+-inf) = +-1,
-tanh(-0.0) = -0.0; expm1(-inf) = -1; NaN in gives NaN out for all.
-Signed zeros are kept where numpy keeps them (tanh, expm1, log1p).
+exp(-746) = 0, subnormal results are scaled with a single rounding;
+log(0) = -inf, log(x<0) = nan, log(inf) = inf, subnormal inputs exact in the
+reduction; log1p(-1) = -inf, log1p(x<-1) = nan; tanh(+-inf) = +-1,
+tanh(-0.0) = -0.0; expm1(-inf) = -1; sigmoid(+-inf) = 1/0; NaN in gives NaN
+out for all.  Signed zeros are kept where numpy keeps them (tanh, expm1,
+log1p of -0.0 give -0.0).
 
-Branch-free
------------
-Both sides of every case split are computed and combined with
-``_where`` (an LLVM ``select``).  Divisions go through ``_div`` (a raw
-``fdiv``) so that numba's ``error_model='python'`` zero-division check, a
-branch, is never emitted; no divisor here can be zero for any input.
+Algorithms (implemented from the maths; coefficients fitted here)
+----------------------------------------------------------------------
+exp: k = round(x/ln2) via the 1.5*2**52 shifter, Cody-Waite r = x - k*ln2
+with ln2 split hi/lo and the rounding error of r kept, exp(r) = 1 + r +
+r^2 Q(r) with a degree-9 near-minimax Q, result kept as eh + el, scale 2**k
+applied as two exponent-field powers of two (no overflow of 2**k itself,
+single rounding for subnormals).  log: bit-level split x = 2**e m with m in
+[sqrt(1/2), sqrt(2)) (subnormals pre-scaled by 2**54), s = f/(2+f),
+log(1+f) = f - s(f - z L(z)) with degree-6 L in z = s^2, e*ln2 added in
+two parts.  log1p: as log on u = fl(1+x) with the exact two-sum error of
+1+x folded into f.  expm1: the exp pieces with an exact two-sum for the -1.
+tanh: |x| < 0.55: x + x z T(z), degree-10 T in z = x^2; otherwise
+1 - 2/(exp(2|x|)+1) with first-order corrections for the rounding of
+exp(2|x|)+1 and of 1 - q.  sigmoid: e = exp(-|x|) (as eh + el),
+numerator 1 or e, denominator 1 + e with its rounding error corrected.
+
+Branch-free and vectorisable
+----------------------------
+Both sides of every case split are computed and combined with ``_where``
+(an LLVM ``select``).  Divisions go through ``_div`` (a raw ``fdiv``) so
+numba's ``error_model='python'`` zero-division check, a branch, is never
+emitted (no divisor here can be zero).  Integer work uses only add, and,
+or, shifts of known non-negative values and bit-casts, all of which exist
+as AVX2 vector instructions; int<->float conversions are done with the
+2**52 shifter.  A loop ``out[i] = vmath.tanh(x[i])`` compiles to
+``<4 x double>`` code for an AVX2 target, ``<8 x double>`` with AVX-512
+and ``<2 x double>`` with plain SSE2.
+
+fastmath callers
+----------------
+Inlined code takes the caller's flags, and numba's ``fastmath=True`` would
+let LLVM reassociate away the shifter and the two-sums (exp(1) == 2.0).  The
+operations that must stay IEEE (``_sadd``/``_ssub``/``_smul`` and the
+comparisons ``_lt``/``_gt``/``_eq`` that detect inf/0/negative) are emitted
+with the inert ``afn`` flag, which numba's fastmath pass leaves alone, so
+results inside ``fastmath=True`` kernels are the same to within the ulp
+bound and special values are still handled (tested).
 
 How to call
 -----------
-From njit code: ``from gradc.codegen import vmath`` then ``vmath.exp(x)``;
-each public function is ``numba.njit(inline="always", cache=True)`` and is
-inlined at the numba IR level into the caller.
+From njit code: ``from gradc.codegen import vmath`` then ``vmath.exp(x)``
+(or ``vmath.tanh(x)`` ...).  Each public function is
+``numba.njit(inline="always", cache=True)`` and is inlined at the numba IR
+level into the caller.  Note numba's on-disk cache of a *caller* does not
+notice changes to vmath.py; a cached kernel keeps the vmath code it was
+compiled with until its own cache entry is invalidated.
 
-From plain Python: ``vmath.tanh(0.5)`` works (it goes through the numba
-dispatcher, which compiles on first use and returns a Python float).  The
-pure-Python bodies are also usable with no compilation at all, e.g.
-``vmath.tanh.py_func(0.5)``: the bit-cast, select and divide helpers have
-pure-Python implementations (struct based) and numba overloads, so the
-``py_func`` of every public function runs in the interpreter and returns
-bit-identical results (no FMA contraction is used anywhere, so the
-interpreter and the compiled code perform the same IEEE operations).  The
-same holds under ``NUMBA_DISABLE_JIT=1``.  Inputs are scalars; int, float32
-and float64 inputs are accepted and the result is float64.
+From plain Python: ``vmath.tanh(0.5)`` works (numba dispatcher: compiles
+on first use, cached on disk, returns a Python float).  With no compilation
+at all, ``vmath.tanh.py_func(0.5)`` runs the same body in the interpreter:
+the bit-cast, select, strict-arithmetic and divide helpers (and the private
+kernel pieces) are plain Python functions that numba overloads, so every
+``py_func`` is pure Python and returns bit-identical results to the
+compiled code (no FMA contraction is used outside fastmath callers).  The
+same holds under ``NUMBA_DISABLE_JIT=1``.  Inputs are scalars; int,
+float32 and float64 inputs are accepted and the result is float64.
 """
 
+import inspect
+import math
 import struct
 
 from llvmlite import ir
@@ -72,6 +110,19 @@ from numba.extending import intrinsic, overload
 __all__ = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid"]
 
 _jit = njit(inline="always", cache=True)
+
+
+def _inline_helper(fn):
+    """A private kernel piece: stays a plain Python function (so ``py_func``
+    of the public functions runs entirely in the interpreter) and is
+    inlined, through an overload of itself, when called from numba code."""
+    def typer(*args):
+        return fn
+
+    typer.__signature__ = inspect.signature(fn)   # numba matches signatures
+    overload(fn, inline="always")(typer)
+    return fn
+
 
 # ---------------------------------------------------------------------------
 # Low-level helpers.  Each is a plain Python function (used by the
@@ -99,16 +150,45 @@ def _where(c, a, b):
     return a if c else b
 
 
+def _sadd(a, b):
+    """a + b, never reassociated or contracted (see _strict_binop)."""
+    return a + b
+
+
+def _ssub(a, b):
+    """a - b, never reassociated or contracted."""
+    return a - b
+
+
+def _smul(a, b):
+    """a * b, never reassociated or contracted."""
+    return a * b
+
+
+def _lt(a, b):
+    """a < b, kept IEEE (NaN/inf aware) even inside fastmath callers."""
+    return a < b
+
+
+def _gt(a, b):
+    """a > b, kept IEEE even inside fastmath callers."""
+    return a > b
+
+
+def _eq(a, b):
+    """a == b, kept IEEE even inside fastmath callers."""
+    return a == b
+
+
 def _div(a, b):
-    """IEEE division without a zero-division check."""
+    """IEEE division without a zero-division check (x/0 -> +-inf or nan)."""
     a = float(a)
     b = float(b)
     if b != 0.0 or b != b:
         return a / b
     if a != a or a == 0.0:
-        return float("nan")
-    neg = (a < 0.0) != (str(b)[0] == "-")
-    return float("-inf") if neg else float("inf")
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 @intrinsic
@@ -162,6 +242,87 @@ def _fdiv(typingctx, a, b):
     return sig, codegen
 
 
+def _strict_binop(opname):
+    """Intrinsic emitting one IEEE ``opname`` instruction that numba's
+    fastmath pass leaves alone.
+
+    When a caller is compiled with ``fastmath=True`` numba adds fast-math
+    flags to every float instruction *that has none*, and since these
+    functions are inlined, their arithmetic would become reassociable: the
+    1.5*2**52 rounding trick and the error-free transformations (two-sum,
+    Cody-Waite) would be simplified away.  The instructions emitted here
+    carry only the ``afn`` flag, which has no meaning for +, -, *, so they
+    keep strict IEEE semantics and numba's pass skips them.
+    """
+    @intrinsic
+    def _op(typingctx, a, b):
+        if not all(isinstance(t, (types.Float, types.Integer)) for t in (a, b)):
+            return None
+        sig = types.float64(types.float64, types.float64)
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, opname)(args[0], args[1], flags=("afn",))
+
+        return sig, codegen
+
+    return _op
+
+
+def _strict_fcmp(op):
+    """Intrinsic emitting an ordered ``fcmp`` that numba's fastmath pass
+    leaves alone (so x == inf or x > 0 are not folded under nnan/ninf)."""
+    @intrinsic
+    def _cmp(typingctx, a, b):
+        if not all(isinstance(t, (types.Float, types.Integer)) for t in (a, b)):
+            return None
+        sig = types.boolean(types.float64, types.float64)
+
+        def codegen(context, builder, signature, args):
+            return builder.fcmp_ordered(op, args[0], args[1], flags=("afn",))
+
+        return sig, codegen
+
+    return _cmp
+
+
+_strict_lt = _strict_fcmp("<")
+_strict_gt = _strict_fcmp(">")
+_strict_eq = _strict_fcmp("==")
+_strict_fadd = _strict_binop("fadd")
+_strict_fsub = _strict_binop("fsub")
+_strict_fmul = _strict_binop("fmul")
+
+
+@overload(_sadd, inline="always")
+def _ol_sadd(a, b):
+    return lambda a, b: _strict_fadd(a, b)
+
+
+@overload(_ssub, inline="always")
+def _ol_ssub(a, b):
+    return lambda a, b: _strict_fsub(a, b)
+
+
+@overload(_smul, inline="always")
+def _ol_smul(a, b):
+    return lambda a, b: _strict_fmul(a, b)
+
+
+@overload(_lt, inline="always")
+def _ol_lt(a, b):
+    return lambda a, b: _strict_lt(a, b)
+
+
+@overload(_gt, inline="always")
+def _ol_gt(a, b):
+    return lambda a, b: _strict_gt(a, b)
+
+
+@overload(_eq, inline="always")
+def _ol_eq(a, b):
+    return lambda a, b: _strict_eq(a, b)
+
+
 @overload(_f2i, inline="always")
 def _ol_f2i(x):
     return lambda x: _bitcast_f64_i64(x)
@@ -197,6 +358,7 @@ _LN2HI = float.fromhex("0x1.62e42fee00000p-1")       # ln 2, top 32 bits: k*_LN2
 _LN2LO = float.fromhex("0x1.a39ef35793c76p-33")      # ln 2 - _LN2HI
 _TWO54 = 18014398509481984.0         # 2**54, normalises subnormal log inputs
 _MIN_NORMAL = 2.2250738585072014e-308
+_EXP_MAX_ARG = 709.782712893384      # largest x with exp(x) finite
 _SQRTH_BITS = 0x3FE6A09E667F3BCD     # bits of sqrt(2)/2
 _LOG_OFF = 0x3FF0000000000000 - _SQRTH_BITS
 _MANT = 0x000FFFFFFFFFFFFF
@@ -244,72 +406,74 @@ _T10 = -1.9494669728489172e-05
 # Kernels
 # ---------------------------------------------------------------------------
 
-@_jit
+@_inline_helper
 def _exp_reduce(x):
-    """Return (ph, pl, s1, s2) with exp(x) ~= ((ph + pl) * s1) * s2.
+    """Return (eh, el, s1, s2) with exp(x) ~= ((eh + el) * s1) * s2.
 
     x is clamped to [-760, 720] (beyond which exp is 0 / inf anyway), then
     k = round(x / ln2) via the 1.5*2**52 shifter, r = x - k ln2 with a
     two-part ln2 (the first product and difference are exact) and the
-    rounding error c of r kept; exp(r + c) = ph + pl with ph = fl(1 + r)
-    and pl carrying the remainder (relative error about 2**-58).  The
+    rounding error c of r kept; exp(r + c) = eh + el with eh = fl(exp(r))
+    and el the small remainder (relative error about 2**-58).  The
     scale 2**k = 2**k1 * 2**k2, k1 = floor(k/2), uses two normal doubles
     built directly in the exponent field, so results near overflow and
     subnormal results need no branch and are rounded once.
     """
-    xc = _where(x > 720.0, 720.0, x)
-    xc = _where(xc < -760.0, -760.0, xc)
-    t = xc * _INVLN2 + _SHIFT
-    kf = t - _SHIFT
+    xc = _where(_gt(x, 720.0), 720.0, x)
+    xc = _where(_lt(xc, -760.0), -760.0, xc)
+    t = _sadd(xc * _INVLN2, _SHIFT)
+    kf = _ssub(t, _SHIFT)
     k = _f2i(t) - _SHIFT_BITS
-    hi = xc - kf * _LN2HI
-    lo = kf * _LN2LO
-    r = hi - lo
-    c = (hi - r) - lo
+    hi = _ssub(xc, _smul(kf, _LN2HI))
+    lo = _smul(kf, _LN2LO)
+    r = _ssub(hi, lo)
+    c = _ssub(_ssub(hi, r), lo)
     r2 = r * r
     r4 = r2 * r2
     q = ((_E0 + _E1 * r) + (_E2 + _E3 * r) * r2) \
         + ((_E4 + _E5 * r) + (_E6 + _E7 * r) * r2) * r4 \
         + (_E8 + _E9 * r) * (r4 * r4)
-    ph = 1.0 + r
-    pl = ((1.0 - ph) + r) + (c + r2 * q)
+    ph = _sadd(1.0, r)
+    pl = _sadd(_sadd(_ssub(1.0, ph), r), c + r2 * q)
+    eh = _sadd(ph, pl)                        # renormalise: |el| <= ulp(eh)/2
+    el = _sadd(_ssub(ph, eh), pl)
     kb = ((k + 2048) & 4095) >> 1            # floor(k/2) + 1024, non-negative
     s1 = _i2f((kb - 1) << 52)                # 2**floor(k/2)
     s2 = _i2f((k - kb + 2047) << 52)         # 2**(k - floor(k/2))
-    return ph, pl, s1, s2
+    return eh, el, s1, s2
 
 
 @_jit
 def exp(x):
     """e**x (float64, branch-free)."""
     ph, pl, s1, s2 = _exp_reduce(x)
-    return ((ph + pl) * s1) * s2
+    return _smul(_smul(ph, s1), s2)
 
 
 @_jit
 def expm1(x):
     """e**x - 1, accurate for small |x| (branch-free)."""
     ph, pl, s1, s2 = _exp_reduce(x)
-    eh = (ph * s1) * s2
-    el = (pl * s1) * s2
+    eh = _smul(_smul(ph, s1), s2)
+    el = _smul(_smul(pl, s1), s2)
     # two-sum: eh - 1 = uh + ul exactly
-    uh = eh - 1.0
-    bb = uh - eh
-    ul = (eh - (uh - bb)) + (-1.0 - bb)
+    uh = _ssub(eh, 1.0)
+    bb = _ssub(uh, eh)
+    ul = _sadd(_ssub(eh, _ssub(uh, bb)), _ssub(-1.0, bb))
     res = uh + (ul + el)
-    res = _where(eh == _INF, eh, res)
-    return _where(abs(x) < 1e-17, x, res)
+    res = _where(_gt(x, _EXP_MAX_ARG), _INF, res)  # exp overflow (eh == inf)
+    return _where(_lt(abs(x), 1e-17), x, res)
 
 
 @_jit
 def sigmoid(x):
     """1 / (1 + exp(-x)), stable for both signs (branch-free)."""
     ph, pl, s1, s2 = _exp_reduce(-abs(x))
-    eh = (ph * s1) * s2                       # exp(-|x|) = eh + el, in (0, 1]
-    el = (pl * s1) * s2
-    h = 1.0 + eh
-    dl = ((1.0 - h) + eh) + el                # 1 + e = h + dl
-    neg = x < 0.0
+    eh = _smul(_smul(ph, s1), s2)             # exp(-|x|) = eh + el, in (0, 1]
+    el = _smul(_smul(pl, s1), s2)
+    h = _sadd(1.0, eh)
+    dl = _sadd(_sadd(_ssub(1.0, h), eh), el)  # 1 + e = h + dl
+    neg = _lt(x, 0.0)
     nh = _where(neg, eh, 1.0)                 # numerator nh + nl
     nl = _where(neg, el, 0.0)
     q = _div(nh, h)
@@ -321,17 +485,17 @@ def sigmoid(x):
 def tanh(x):
     """Hyperbolic tangent (branch-free; odd polynomial for |x| < 0.55)."""
     a = abs(x)
-    ac = _where(a > 20.0, 20.0, a)            # tanh(20) == 1.0 in float64
+    ac = _where(_gt(a, 20.0), 20.0, a)        # tanh(20) == 1.0 in float64
     ph, pl, s1, s2 = _exp_reduce(ac + ac)
-    eh = (ph * s1) * s2                       # exp(2|x|) = eh + el >= 1
-    el = (pl * s1) * s2
-    h = eh + 1.0
-    dl = ((eh - h) + 1.0) + el                # e + 1 = h + dl
+    eh = _smul(_smul(ph, s1), s2)             # exp(2|x|) = eh + el >= 1
+    el = _smul(_smul(pl, s1), s2)
+    h = _sadd(eh, 1.0)
+    dl = _sadd(_sadd(_ssub(eh, h), 1.0), el)  # e + 1 = h + dl
     q = _div(2.0, h)
-    t = 1.0 - q
-    te = (1.0 - t) - q                        # 1 - q = t + te exactly
-    big = t + (te + 0.5 * q * q * dl)         # 1 - 2/(e+1)
-    big = _where(x < 0.0, -big, big)
+    t = _ssub(1.0, q)
+    te = _ssub(_ssub(1.0, t), q)              # 1 - q = t + te exactly
+    big = _sadd(t, te + 0.5 * q * q * dl)     # 1 - 2/(e+1)
+    big = _where(_lt(x, 0.0), -big, big)
     z = x * x
     z2 = z * z
     z4 = z2 * z2
@@ -339,10 +503,11 @@ def tanh(x):
         + ((_T4 + _T5 * z) + (_T6 + _T7 * z) * z2) * z4 \
         + ((_T8 + _T9 * z) + _T10 * z2) * (z4 * z4)
     small = x + x * (z * tp)
-    return _where(a < _TANH_SMALL, small, big)
+    small = _where(_lt(a, 1e-9), x, small)    # tanh(x) rounds to x; keeps -0.0
+    return _where(_lt(a, _TANH_SMALL), small, big)
 
 
-@_jit
+@_inline_helper
 def _log_core(xn):
     """Split positive normal xn = 2**(eb - 1023) * m, m in [sqrt(1/2), sqrt(2)).
 
@@ -356,7 +521,7 @@ def _log_core(xn):
     return eb, ebf, m
 
 
-@_jit
+@_inline_helper
 def _log_poly(ef, f, fl):
     """ef*ln2 + log(1 + f + fl) for |f| <= 0.4143, |fl| tiny."""
     s = _div(f, 2.0 + f)
@@ -366,37 +531,39 @@ def _log_poly(ef, f, fl):
         + ((_L4 + _L5 * z) + _L6 * z2) * (z2 * z2)
     rr = z * lq
     hfsq = 0.5 * f * f
-    return ef * _LN2HI - ((hfsq - (s * (hfsq + rr) + (ef * _LN2LO + fl))) - f)
+    corr = s * (hfsq + rr) + (ef * _LN2LO + fl)
+    return _ssub(ef * _LN2HI, _ssub(_ssub(hfsq, corr), f))
 
 
 @_jit
 def log(x):
     """Natural logarithm (float64, branch-free)."""
-    tiny = x < _MIN_NORMAL
+    tiny = _lt(x, _MIN_NORMAL)
     xn = _where(tiny, x * _TWO54, x)
     eb, ebf, m = _log_core(xn)
     ef = ebf - _where(tiny, 1077.0, 1023.0)
     res = _log_poly(ef, m - 1.0, 0.0)
-    res = _where(x == _INF, x, res)
-    return _where(x > 0.0, res, _where(x == 0.0, -_INF, _NAN))
+    res = _where(_eq(x, _INF), _INF, res)
+    return _where(_gt(x, 0.0), res, _where(_eq(x, 0.0), -_INF, _NAN))
 
 
 @_jit
 def log1p(x):
     """log(1 + x), accurate for small |x| (branch-free)."""
-    u = 1.0 + x
-    bb = u - x
-    err = (x - (u - bb)) + (1.0 - bb)         # two-sum: 1 + x = u + err
+    u = _sadd(1.0, x)
+    bb = _ssub(u, x)
+    err = _sadd(_ssub(x, _ssub(u, bb)), _ssub(1.0, bb))   # two-sum: 1 + x = u + err
     eb, ebf, m = _log_core(u)
     ef = ebf - 1023.0
     # err * 2**-e with 2**-e built in the exponent field (0.0 for e >= 1023,
     # where the correction is far below an ulp of the result anyway)
-    inv2e = _i2f(((2046 - eb) & 2047) << 52)
+    sh = 2046 - eb
+    inv2e = _i2f(_where(sh < 0, 0, sh) << 52)
     f0 = m - 1.0
     ee = err * inv2e
-    f = f0 + ee
-    fl = (f0 - f) + ee                        # |f0| >= |ee| or f0 == 0
+    f = _sadd(f0, ee)
+    fl = _sadd(_ssub(f0, f), ee)              # |f0| >= |ee| or f0 == 0
     res = _log_poly(ef, f, fl)
-    res = _where(x == _INF, x, res)
-    res = _where(abs(x) < 1e-17, x, res)
-    return _where(x > -1.0, res, _where(x == -1.0, -_INF, _NAN))
+    res = _where(_eq(x, _INF), _INF, res)
+    res = _where(_lt(abs(x), 1e-17), x, res)
+    return _where(_gt(x, -1.0), res, _where(_eq(x, -1.0), -_INF, _NAN))

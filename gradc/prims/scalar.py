@@ -1,27 +1,13 @@
-"""The primitive registry: everything gradc knows about each primitive, one block each.
+"""The scalar algebra: ``add``, ``mul`` and ``elementwise``.
 
 Contract
 --------
-A primitive is a :class:`Primitive` subclass registered under its name in ``registry``.
-Each block holds all the rules of one primitive:
-
-``describe(eqn)``
-    one readable line for :func:`gradc.ir.pretty`.
-``emit(eqn, names, printer)``
-    a Python expression (a string) computing the output from the input names; the code
-    generator assigns it to the output's name.
-``jvp(b, eqn, tangents)``
-    forward mode: given the tangents of the inputs (``None`` is a symbolic zero), emit
-    equations into builder ``b`` and return the output's tangent (or ``None``).
-``vjp(b, eqn, ct)``
-    reverse mode: given the output's cotangent ``ct`` and which inputs are active, emit
-    equations and return one cotangent contribution per input (``None`` for zero).
-
-The primitive set is small: ``add`` (n-ary sum), ``mul`` (binary product) and
-``elementwise``, a scalar function given as a sympy expression of placeholder symbols
-``_a0, _a1, ...``.  ``elementwise`` has no hand-written derivative table: its partial
-derivatives are computed by ``sympy.diff`` (see :func:`partials`), apart from the few
-functions whose subgradient conventions gradc fixes (:data:`CONVENTIONS`).
+These primitives act element by element, with scalars broadcast against matrices and
+batch-invariant values against per-example ones (:func:`gradc.prims.broadcast_type`).
+``elementwise`` holds any scalar function as a sympy expression of placeholder symbols
+``_a0, _a1, ...``; its partial derivatives come from ``sympy.diff`` (:func:`partials`),
+with gradc's subgradient conventions (:data:`CONVENTIONS`) applied wherever the step-like
+functions appear.
 """
 
 from __future__ import annotations
@@ -31,68 +17,9 @@ from functools import lru_cache
 
 import sympy as sp
 
-from .errors import GradcError, short
-from .ir import Lit, Var
-
-registry: dict[str, "Primitive"] = {}
-
-
-def register(cls):
-    registry[cls.name] = cls()
-    return cls
-
-
-class Primitive:
-    name = "?"
-
-    def describe(self, eqn):
-        args = ", ".join(repr(a) for a in eqn.inputs)
-        return f"{self.name}({args})"
-
-    def emit(self, eqn, names, printer):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def jvp(self, b, eqn, tangents):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def vjp(self, b, eqn, ct, active):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-# --------------------------------------------------------------------------------------
-# Builder helpers with literal folding.  Every rule below builds through these.
-
-
-def add(b, atoms):
-    """Sum of ``atoms`` (``None`` entries are zeros); returns an atom or ``None``."""
-    atoms = [a for a in atoms if a is not None]
-    lits = [a.value for a in atoms if isinstance(a, Lit)]
-    vars_ = [a for a in atoms if isinstance(a, Var)]
-    const = sum(lits) if lits else 0.0
-    if not vars_:
-        return Lit(const) if lits else None
-    if const != 0.0:
-        vars_.append(Lit(const))
-    if len(vars_) == 1:
-        return vars_[0]
-    return b.emit("add", vars_)
-
-
-def mul(b, x, y):
-    """Product of two atoms with folding of literal 0, 1 and literal-literal products."""
-    if x is None or y is None:
-        return None
-    if isinstance(x, Lit) and isinstance(y, Lit):
-        return Lit(x.value * y.value)
-    if isinstance(y, Lit):
-        x, y = y, x
-    if isinstance(x, Lit):
-        if x.value == 0.0:
-            return Lit(0.0)
-        if x.value == 1.0:
-            return y
-    return b.emit("mul", (x, y))
-
+from ..errors import GradcError, short
+from ..ir import Lit, Var
+from . import Primitive, add, broadcast_type, mul, register
 
 # --------------------------------------------------------------------------------------
 # add: out = x0 + x1 + ... (n-ary)
@@ -101,6 +28,11 @@ def mul(b, x, y):
 @register
 class Add(Primitive):
     name = "add"
+    elementwise = True
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        return broadcast_type(inputs, "addition")
 
     def describe(self, eqn):
         return " + ".join(repr(a) for a in eqn.inputs)
@@ -122,6 +54,11 @@ class Add(Primitive):
 @register
 class Mul(Primitive):
     name = "mul"
+    elementwise = True
+    structure = "diagonal"
+
+    def abstract_eval(self, inputs, params):
+        return broadcast_type(inputs, "elementwise product")
 
     def describe(self, eqn):
         return " * ".join(repr(a) for a in eqn.inputs)
@@ -244,6 +181,11 @@ _PH = re.compile(r"\b_a(\d+)\b")
 @register
 class Elementwise(Primitive):
     name = "elementwise"
+    elementwise = True
+    structure = "diagonal"
+
+    def abstract_eval(self, inputs, params):
+        return broadcast_type(inputs, f"elementwise {params}")
 
     def describe(self, eqn):
         return f"[{eqn.params}]({', '.join(repr(a) for a in eqn.inputs)})"

@@ -1,0 +1,132 @@
+"""The primitive registry: everything gradc knows about each primitive, one block each.
+
+Contract
+--------
+A primitive is a :class:`Primitive` subclass registered under its name in ``registry``.
+Each block holds all the rules of one primitive:
+
+``abstract_eval(inputs, params)``
+    the output's type ``(shape, batched)`` from the inputs' types; raises
+    :class:`gradc.GradcError` naming both shapes when they do not fit.
+``describe(eqn)``
+    one readable line for :func:`gradc.ir.pretty`.
+``emit(eqn, names, printer)``
+    for elementwise primitives (``elementwise = True``): a Python expression computing one
+    element of the output from the names of the inputs' elements.
+``emit_array(eqn, ctx)``
+    for structural primitives: the statements computing the whole output (see
+    :mod:`gradc.codegen.arrays`).
+``jvp(b, eqn, tangents)``
+    forward mode: given the tangents of the inputs (``None`` is a symbolic zero), emit
+    equations into builder ``b`` and return the output's tangent (or ``None``).
+``vjp(b, eqn, ct, active)``
+    reverse mode: given the output's cotangent ``ct`` and which inputs are active, return
+    one cotangent contribution per input (``None`` for zero).  Contributions may be
+    broadcast (a scalar for a matrix, per-example for a batch-invariant value):
+    :func:`gradc.ad.unbroadcast` sums them back to the input's type.
+``structure``
+    what the planner needs to know of the Jacobian: ``"diagonal"`` (elementwise),
+    ``"linear"`` (matmul, transpose, sums) or ``"dense"``.
+
+The scalar algebra (:mod:`gradc.prims.scalar`) is ``add``, ``mul`` and ``elementwise`` (any
+scalar function as a sympy expression; derivatives from ``sympy.diff``).  The array
+primitives (:mod:`gradc.prims.array`) are the structural operations of matrix models:
+``matmul``, ``transpose``, ``sum``, ``broadcast``, ``batch_sum``, ``logsumexp``, ``pick``,
+``onehot`` and ``eye``.
+"""
+
+from __future__ import annotations
+
+from ..errors import GradcError
+from ..ir import Lit, Var, type_of
+
+registry: dict[str, "Primitive"] = {}
+
+
+def register(cls):
+    registry[cls.name] = cls()
+    return cls
+
+
+class Primitive:
+    name = "?"
+    elementwise = False
+    structure = "dense"
+
+    def abstract_eval(self, inputs, params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self, eqn):
+        args = ", ".join(repr(a) for a in eqn.inputs)
+        extra = f"; {eqn.params}" if eqn.params is not None else ""
+        return f"{self.name}({args}{extra})"
+
+    def emit(self, eqn, names, printer):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def emit_array(self, eqn, ctx):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def jvp(self, b, eqn, tangents):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def vjp(self, b, eqn, ct, active):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def broadcast_type(inputs, what="elementwise operation"):
+    """Type of an elementwise result: scalars broadcast against one common shape."""
+    shapes = []
+    for a in inputs:
+        s = type_of(a)[0]
+        if s and s not in shapes:
+            shapes.append(s)
+    if len(shapes) > 1:
+        raise GradcError(
+            f"{what}: shapes {' and '.join(f'{r}x{c}' for r, c in shapes)} do not match"
+        )
+    return (shapes[0] if shapes else ()), any(type_of(a)[1] for a in inputs)
+
+
+# --------------------------------------------------------------------------------------
+# Builder helpers with literal folding.  Every rule builds through these.
+
+
+def add(b, atoms):
+    """Sum of ``atoms`` (``None`` entries are zeros); returns an atom or ``None``."""
+    atoms = [a for a in atoms if a is not None]
+    lits = [a.value for a in atoms if isinstance(a, Lit)]
+    vars_ = [a for a in atoms if isinstance(a, Var)]
+    const = sum(lits) if lits else 0.0
+    if not vars_:
+        return Lit(const) if lits else None
+    if const != 0.0:
+        vars_.append(Lit(const))
+    if len(vars_) == 1:
+        return vars_[0]
+    return b.emit("add", vars_)
+
+
+def mul(b, x, y):
+    """Product of two atoms with folding of literal 0, 1 and literal-literal products.
+
+    A literal 0 times a matrix stays a (broadcast) literal 0: a symbolic zero."""
+    if x is None or y is None:
+        return None
+    if isinstance(x, Lit) and isinstance(y, Lit):
+        return Lit(x.value * y.value)
+    if isinstance(y, Lit):
+        x, y = y, x
+    if isinstance(x, Lit):
+        if x.value == 0.0:
+            return Lit(0.0)
+        if x.value == 1.0:
+            return y
+    return b.emit("mul", (x, y))
+
+
+from .scalar import elementwise, number, partials, placeholder  # noqa: E402
+from . import array  # noqa: E402,F401
+
+__all__ = ["registry", "Primitive", "add", "mul", "elementwise", "partials", "placeholder",
+           "number", "broadcast_type"]

@@ -1,0 +1,348 @@
+"""Structural primitives of matrix models, one block each.
+
+Contract
+--------
+Per-example types are scalars ``()`` or matrices ``(rows, cols)``; a 1x1 matrix result is
+a scalar.  A batched value is stored with the batch on axis 0: a per-example column or row
+vector of length L as an ``(n, L)`` array, a per-example scalar as ``(n,)``.  Per-example
+values with both dimensions above 1 (a batch of matrices) are not supported and raise
+:class:`gradc.GradcError`.  Each block gives the type rule, the forward and reverse rules
+(transpose rules for the linear ones) and the array code (``emit_array``, statements
+written through the :class:`gradc.codegen.arrays.Context`).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..errors import GradcError
+from ..ir import Lit, Var, type_of
+from . import Primitive, add, mul, register
+
+
+def _fmt(shape):
+    return f"{shape[0]}x{shape[1]}" if shape else "scalar"
+
+
+def _is_vector(shape):
+    return shape == () or shape[0] == 1 or shape[1] == 1
+
+
+def batched(atom):
+    return type_of(atom)[1]
+
+
+def shape_of(atom):
+    return type_of(atom)[0]
+
+
+# --------------------------------------------------------------------------------------
+# batch_sum: the sum over the examples of the batch (a batch-invariant result)
+
+
+@register
+class BatchSum(Primitive):
+    name = "batch_sum"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        assert batched(a), "batch_sum of a batch-invariant value"
+        return shape_of(a), False
+
+    def jvp(self, b, eqn, tangents):
+        return batch_sum(b, tangents[0])
+
+    def vjp(self, b, eqn, ct, active):
+        return [ct]  # the same cotangent for every example
+
+    def emit_array(self, eqn, ctx):
+        (a,) = eqn.inputs
+        out, src = ctx.name(eqn.out), ctx.name(a)
+        if shape_of(a) == ():
+            return [f"{out} = _rt.vsum({src}, {src}.shape[0])"]
+        return ctx.alloc(eqn.out) + [f"_rt.colsum({src}, {out})"]
+
+
+def batch_sum(b, a):
+    """Sum of ``a`` over the batch; a batch-invariant ``a`` is multiplied by n."""
+    if a is None:
+        return None
+    if not batched(a):
+        return mul(b, a, b.size())
+    return b.emit("batch_sum", [a])
+
+
+# --------------------------------------------------------------------------------------
+# matmul: out = A @ B per example; with contract=True, sum over the batch of A_i @ B_i
+
+
+@register
+class MatMul(Primitive):
+    name = "matmul"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        a, b_ = inputs
+        (r, k), (k2, c) = shape_of(a), shape_of(b_)
+        if k != k2:
+            raise GradcError(f"matrix product: shapes {r}x{k} and {k2}x{c} do not match")
+        for x in (a, b_):
+            if batched(x) and not _is_vector(shape_of(x)):
+                raise GradcError(
+                    f"matrix product with a per-example {_fmt(shape_of(x))} matrix: batched "
+                    "values must be vectors (data as column vectors)"
+                )
+        contract = params
+        if contract:
+            assert batched(a) and batched(b_)
+            return (r, c), False
+        out = () if (r, c) == (1, 1) else (r, c)
+        isb = batched(a) or batched(b_)
+        if isb and not _is_vector(out):
+            raise GradcError(
+                f"matrix product gives a per-example {r}x{c} matrix (an outer product of "
+                "per-example vectors), which gradc does not support"
+            )
+        return out, isb
+
+    def describe(self, eqn):
+        a, b_ = eqn.inputs
+        op = " @@ " if eqn.params else " @ "
+        return f"{a!r}{op}{b_!r}" + ("  (summed over the batch)" if eqn.params else "")
+
+    def jvp(self, b, eqn, tangents):
+        a, b_ = eqn.inputs
+        ta, tb = tangents
+        return add(b, [
+            matmul(b, ta, b_, eqn.params) if ta is not None else None,
+            matmul(b, a, tb, eqn.params) if tb is not None else None,
+        ])
+
+    def vjp(self, b, eqn, ct, active):
+        a, b_ = eqn.inputs
+        out = [None, None]
+        if active[0]:
+            out[0] = matmul(b, ct, transpose(b, b_),
+                            contract=not batched(a) and batched(ct) and batched(b_))
+        if active[1]:
+            out[1] = matmul(b, transpose(b, a), ct,
+                            contract=not batched(b_) and batched(ct) and batched(a))
+        return out
+
+    def emit_array(self, eqn, ctx):
+        return ctx.matmul(eqn)
+
+
+def matmul(b, a, b_, contract=False):
+    """``a @ b_``; products with a scalar (or 1x1) operand are elementwise products."""
+    if a is None or b_ is None:
+        return None
+    if shape_of(a) == () or shape_of(b_) == ():
+        prod = mul(b, a, b_)
+        if contract:
+            return batch_sum(b, prod)
+        return prod
+    if isinstance(a, Lit) or isinstance(b_, Lit):
+        raise AssertionError("literal matrix operand")
+    if contract and not (batched(a) and batched(b_)):
+        contract = False
+    return b.emit("matmul", [a, b_], bool(contract))
+
+
+# --------------------------------------------------------------------------------------
+# transpose
+
+
+@register
+class Transpose(Primitive):
+    name = "transpose"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        r, c = shape_of(a)
+        return (c, r), batched(a)
+
+    def describe(self, eqn):
+        return f"{eqn.inputs[0]!r}.T"
+
+    def jvp(self, b, eqn, tangents):
+        return transpose(b, tangents[0])
+
+    def vjp(self, b, eqn, ct, active):
+        return [transpose(b, ct)]
+
+    def emit_array(self, eqn, ctx):
+        (a,) = eqn.inputs
+        src = ctx.name(a)
+        # a batched vector keeps its (n, L) storage; a matrix becomes a transposed view
+        return [f"{ctx.name(eqn.out)} = {src}" + ("" if batched(a) else ".T")]
+
+
+def transpose(b, a):
+    if a is None or isinstance(a, Lit) or shape_of(a) == ():
+        return a
+    for e in reversed(b.eqns):  # transpose of a transpose
+        if e.out == a and e.prim == "transpose":
+            return e.inputs[0]
+    return b.emit("transpose", [a])
+
+
+# --------------------------------------------------------------------------------------
+# sum: the sum of the elements of a matrix (per example)
+
+
+@register
+class Sum(Primitive):
+    name = "sum"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        return (), batched(a)
+
+    def jvp(self, b, eqn, tangents):
+        return sum_elements(b, tangents[0])
+
+    def vjp(self, b, eqn, ct, active):
+        return [ct]  # broadcast back to the matrix by gradc.ad.unbroadcast
+
+    def emit_array(self, eqn, ctx):
+        return ctx.reduce_elements(eqn, "sum")
+
+
+def sum_elements(b, a):
+    if a is None or shape_of(a) == ():
+        return a
+    return b.emit("sum", [a])
+
+
+# --------------------------------------------------------------------------------------
+# broadcast: a scalar repeated into a matrix
+
+
+@register
+class Broadcast(Primitive):
+    name = "broadcast"
+    elementwise = True
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        assert shape_of(a) == ()
+        return tuple(params), batched(a)
+
+    def emit(self, eqn, names, printer):
+        return names[0]
+
+    def jvp(self, b, eqn, tangents):
+        return broadcast(b, tangents[0], eqn.params)
+
+    def vjp(self, b, eqn, ct, active):
+        return [sum_elements(b, ct)]
+
+
+def broadcast(b, a, shape):
+    if a is None:
+        return None
+    if shape_of(a) == tuple(shape) or not shape:
+        return a
+    return b.emit("broadcast", [a], tuple(shape))
+
+
+# --------------------------------------------------------------------------------------
+# logsumexp: log(sum(exp(z))) over the elements, computed stably (max shifted)
+
+
+@register
+class LogSumExp(Primitive):
+    name = "logsumexp"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        return (), batched(a)
+
+    def jvp(self, b, eqn, tangents):
+        (z,) = eqn.inputs
+        return sum_elements(b, mul(b, softmax_of(b, z, eqn.out), tangents[0]))
+
+    def vjp(self, b, eqn, ct, active):
+        (z,) = eqn.inputs
+        return [mul(b, ct, softmax_of(b, z, eqn.out))]
+
+    def emit_array(self, eqn, ctx):
+        return ctx.reduce_elements(eqn, "logsumexp")
+
+
+def softmax_of(b, z, lse):
+    """exp(z - logsumexp(z)), elementwise: the softmax, with no overflow."""
+    from .scalar import elementwise, placeholder
+
+    return elementwise(b, sp.exp(placeholder(0) - placeholder(1)), [z, lse])
+
+
+# --------------------------------------------------------------------------------------
+# pick: z[label] for a per-example vector z and integer label; onehot: its transpose
+
+
+@register
+class Pick(Primitive):
+    name = "pick"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        z, idx = inputs
+        if not _is_vector(shape_of(z)) or shape_of(z) == ():
+            raise GradcError(f"pick needs a vector of scores, got {_fmt(shape_of(z))}")
+        return (), batched(z) or batched(idx)
+
+    def jvp(self, b, eqn, tangents):
+        return pick(b, tangents[0], eqn.inputs[1])
+
+    def vjp(self, b, eqn, ct, active):
+        z, idx = eqn.inputs
+        return [mul(b, ct, b.emit("onehot", [idx], shape_of(z))), None]
+
+    def emit_array(self, eqn, ctx):
+        return ctx.pick(eqn)
+
+
+def pick(b, z, idx):
+    if z is None:
+        return None
+    return b.emit("pick", [z, idx])
+
+
+@register
+class OneHot(Primitive):
+    name = "onehot"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (idx,) = inputs
+        return tuple(params), batched(idx)
+
+    def emit_array(self, eqn, ctx):
+        return ctx.onehot(eqn)
+
+
+# --------------------------------------------------------------------------------------
+# eye: the identity matrix (a constant)
+
+
+@register
+class Eye(Primitive):
+    name = "eye"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        return tuple(params), False
+
+    def emit_array(self, eqn, ctx):
+        r, c = eqn.params
+        return [f"{ctx.name(eqn.out)} = np.eye({r}, {c})"]
+
+
+__all__ = ["batch_sum", "matmul", "transpose", "sum_elements", "broadcast", "pick",
+           "softmax_of", "Var"]
