@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 from .errors import GradcError  # noqa: E402
 from .compiled import CompiledFunction, compile  # noqa: E402
-from . import optim, planner  # noqa: E402
+from . import nn, optim, planner  # noqa: E402
 
-__all__ = ["CompiledFunction", "GradcError", "compile", "optim", "planner", "__version__"]
+__all__ = ["CompiledFunction", "GradcError", "compile", "nn", "optim", "planner", "__version__"]

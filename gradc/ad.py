@@ -59,7 +59,7 @@ def jvp_program(prog: Program) -> Program:
     active = active_set(prog)
     tangent = {}
     for inp in prog.inputs_of("param"):
-        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index)
+        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, False)
     for e in prog.eqns:
         if e.out.id not in active:
             continue
@@ -135,9 +135,13 @@ def vjp_program(prog: Program, seed: str = "one", per_example: bool = False) -> 
         ct = unbroadcast(b, prims.add(b, parts), e.out, per_example=per_example)
         is_active = [isinstance(a, Var) and a.id in active for a in e.inputs]
         for a, c in zip(e.inputs, prims.registry[e.prim].vjp(b, e, ct, is_active)):
-            if c is not None:
+            if c is None:
+                continue
+            if isinstance(c, prims.Summed):  # the rule summed over the batch already
+                c = unbroadcast(b, c.atom, a, False, per_example)
+            else:
                 c = unbroadcast(b, c, a, e.out.batched and e.prim != "batch_sum", per_example)
-                contribs.setdefault(a.id, []).append(c)
+            contribs.setdefault(a.id, []).append(c)
     grads = []
     for inp in prog.inputs_of("param"):
         g = prims.add(b, contribs.get(inp.var.id, []))

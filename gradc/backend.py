@@ -142,7 +142,7 @@ def store(key: str, source: str) -> Path:
 #: (correctly rounded or within 1 ulp; the kernels are within 2 ulp of these).
 PYTHON_VMATH = types.SimpleNamespace(
     exp=np.exp, log=np.log, tanh=np.tanh, expm1=np.expm1, log1p=np.log1p,
-    sigmoid=lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+    sigmoid=lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),  # equal to 1/(1+exp(-x)), no overflow
 )
 
 
@@ -168,7 +168,7 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Ker
         exec(code, module.__dict__)
         module._rt = runtime.python
         module._vm = PYTHON_VMATH
-        return Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES})
+        return Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES if hasattr(module, k)})
     cached = _loaded.get((key, parallel))
     if cached is not None:
         return cached
@@ -178,8 +178,9 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Ker
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    for k in KERNEL_NAMES:
+    names = [k for k in KERNEL_NAMES if hasattr(module, k)]
+    for k in names:
         setattr(module, k, njit(getattr(module, k), parallel=parallel))
-    kernels = Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES})
+    kernels = Kernels(**{k: getattr(module, k) for k in names})
     _loaded[(key, parallel)] = kernels
     return kernels

@@ -3,11 +3,17 @@
 Contract
 --------
 :func:`compile` runs the pipeline (lower -> AD transforms -> codegen -> backend) and returns
-a :class:`CompiledFunction`.  Its methods take ``params`` (a sequence of floats in ``wrt``
-order), then one array per data symbol (the batch on axis 0), then one value per const;
-they validate every argument, raising :class:`gradc.GradcError` naming the argument, and
-call the kernels in :attr:`CompiledFunction.kernels`, which take the same arguments as
-float64 arrays and floats and can be called from a user's own ``numba.njit`` code.
+a :class:`CompiledFunction`.  Its methods take ``params`` (in ``wrt`` order), then one array
+per data symbol (the batch on axis 0), then one value per const; they validate every
+argument, raising :class:`gradc.GradcError` naming the argument, and call the kernels in
+:attr:`CompiledFunction.kernels`, which can be called from a user's own ``numba.njit`` code.
+
+When every ``wrt`` symbol is a scalar, ``params`` is one float64 vector and the gradient
+comes back as one vector.  When some are matrices, ``params`` is a sequence with one entry
+per symbol (an array of the MatrixSymbol's shape, or a float) and the gradient a list in
+the same order and shapes; the kernels take and return tuples.  A data MatrixSymbol of
+shape ``(L, 1)`` or ``(1, L)`` binds to an ``(n, L)`` array; an integer label used by
+:func:`gradc.nn.cross_entropy` to integer values in range (checked).
 
 A second ``compile`` of the same expression, roles and options, in this process or another,
 finds the generated module in the disk cache (see :mod:`gradc.backend`) and skips the sympy
@@ -23,7 +29,7 @@ from . import __version__, backend
 from .ad import jvp_program, vjp_program
 from .codegen.emit import generate
 from .errors import GradcError, short
-from .frontend import check_roles, lower, structural_key
+from .frontend import check_roles, lower, postorder, structural_key
 
 REDUCTIONS = ("mean", "sum", None)
 
@@ -34,13 +40,15 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
     Parameters
     ----------
     expr : sympy.Expr
-        The per-example value (a loss), a scalar expression.
-    wrt : sequence of sympy.Symbol
+        The per-example value (a loss): a scalar expression, or a 1x1 matrix expression.
+    wrt : sequence of sympy.Symbol or sympy.MatrixSymbol
         The parameters to differentiate with respect to, in the order gradients come back.
-    data : sequence of sympy.Symbol
-        Symbols that take one value per example; each is bound to a 1-D array.
-    consts : sequence of sympy.Symbol
-        Inputs that are neither differentiated nor batched (a regularisation weight).
+    data : sequence of sympy.Symbol or sympy.MatrixSymbol
+        Inputs with one value per example; a scalar binds to a 1-D array, a vector
+        MatrixSymbol of length L to an ``(n, L)`` array.
+    consts : sequence of sympy.Symbol or sympy.MatrixSymbol
+        Inputs that are neither differentiated nor batched (a regularisation weight,
+        fixed weights).
     reduce : {"mean", "sum", None}
         How per-example values (and gradients) combine over the batch; ``None`` returns
         them per example.
@@ -76,8 +84,10 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
     if source is None:
         prog = lower(expr, wrt, data, consts, reduce)
         per_example = reduce is None and bool(data)
-        source = generate(prog, vjp_program(prog, per_example=per_example), jvp_program(prog),
-                          reduce, title=short(expr, 200), version=__version__)
+        scalar = all(not i.var.shape for i in prog.inputs) and all(not e.out.shape for e in prog.eqns)
+        vjp = vjp_program(prog, per_example=per_example) if scalar or not per_example else None
+        source = generate(prog, vjp, jvp_program(prog), reduce, title=short(expr, 200),
+                          version=__version__)
     kernels = backend.load(source, key, jit=jit)
     return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit)
 
@@ -85,6 +95,24 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
 def _plain(x):
     """numpy scalars become Python floats; arrays stay arrays."""
     return float(x) if np.ndim(x) == 0 else x
+
+
+def _shape(sym):
+    return tuple(int(d) for d in sym.shape) if isinstance(sym, sp.MatrixSymbol) else ()
+
+
+def _label_ranges(expr):
+    """{label symbol: number of classes} for every nn.Pick on a data label."""
+    from .nn import Pick
+
+    out = {}
+    for node in postorder(expr):
+        if isinstance(node, Pick) and isinstance(node.args[1], sp.Symbol):
+            r, c = _shape(node.args[0]) if isinstance(node.args[0], sp.MatrixSymbol) else \
+                (int(node.args[0].shape[0]), int(node.args[0].shape[1]))
+            k = r * c
+            out[node.args[1]] = min(out.get(node.args[1], k), k)
+    return out
 
 
 class CompiledFunction:
@@ -98,8 +126,8 @@ class CompiledFunction:
         The generated Python module.
     kernels : gradc.backend.Kernels
         The numba dispatchers (``value``, ``value_and_grad``, ``grad``, ``jvp``), callable
-        from ``numba.njit`` code with the same arguments as the methods (params as one
-        float64 array).
+        from ``numba.njit`` code with the arguments the methods pass on (params as one
+        float64 array when all are scalars, else a tuple).
     """
 
     def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit):
@@ -111,10 +139,14 @@ class CompiledFunction:
         self.source = source
         self.kernels = kernels
         self.jit = jit
+        self.scalar_params = all(not isinstance(s, sp.MatrixSymbol) for s in self.wrt)
+        self._labels = _label_ranges(expr)
 
     def __repr__(self):
         def names(syms):
-            return "[" + ", ".join(str(s) for s in syms) + "]"
+            return "[" + ", ".join(
+                f"{s}:{'x'.join(map(str, _shape(s)))}" if _shape(s) else str(s) for s in syms
+            ) + "]"
 
         return (
             f"CompiledFunction({short(self.expr, 60)}, wrt={names(self.wrt)}, "
@@ -123,18 +155,41 @@ class CompiledFunction:
         )
 
     # -- argument checking ------------------------------------------------------------------
-    def _vector(self, values, what):
-        try:
-            arr = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise GradcError(f"{what} must be a sequence of numbers in wrt order") from None
-        arr = arr.reshape(-1) if arr.ndim == 0 else arr
-        if arr.ndim != 1 or arr.shape[0] != len(self.wrt):
+    def _params(self, values, what):
+        """Params (or a tangent) as the kernels take them."""
+        if self.scalar_params:
+            try:
+                arr = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise GradcError(f"{what} must be a sequence of numbers in wrt order") from None
+            arr = arr.reshape(-1) if arr.ndim == 0 else arr
+            if arr.ndim != 1 or arr.shape[0] != len(self.wrt):
+                raise GradcError(
+                    f"{what} has shape {arr.shape}; expected {len(self.wrt)} values, one per "
+                    f"symbol of wrt ({', '.join(map(str, self.wrt))})"
+                )
+            return np.ascontiguousarray(arr)
+        if isinstance(values, np.ndarray) or len(values) != len(self.wrt):
             raise GradcError(
-                f"{what} has shape {arr.shape}; expected {len(self.wrt)} values, one per "
-                f"symbol of wrt ({', '.join(map(str, self.wrt))})"
+                f"{what} must be a sequence of {len(self.wrt)} values, one per symbol of wrt "
+                f"({', '.join(map(str, self.wrt))})"
             )
-        return np.ascontiguousarray(arr)
+        return tuple(self._value(s, v, f"{what} {s}") for s, v in zip(self.wrt, values))
+
+    def _value(self, sym, value, what):
+        """One batch-invariant value: a float for a scalar, a 2-D float64 array for a matrix."""
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise GradcError(f"{what}: expected real numbers, got {type(value).__name__}") from None
+        shape = _shape(sym)
+        if shape in ((), (1, 1)):
+            if arr.size != 1:
+                raise GradcError(f"{what}: expected a scalar, got shape {arr.shape}")
+            return float(arr.reshape(-1)[0])
+        if arr.shape != shape and not (1 in shape and arr.shape == (shape[0] * shape[1],)):
+            raise GradcError(f"{what}: expected shape {shape}, got {arr.shape}")
+        return np.ascontiguousarray(arr.reshape(shape))
 
     def _args(self, args):
         nd, nc = len(self.data), len(self.consts)
@@ -148,58 +203,98 @@ class CompiledFunction:
         for sym, a in zip(self.data, args[:nd]):
             arr = np.asarray(a)
             if arr.dtype.kind not in "biuf":
-                raise GradcError(
-                    f"data {sym}: dtype {arr.dtype} is not a real number type"
-                )
-            if arr.ndim != 1:
-                raise GradcError(
-                    f"data {sym}: expected a 1-D array (one value per example), "
-                    f"got shape {arr.shape}"
-                )
+                raise GradcError(f"data {sym}: dtype {arr.dtype} is not a real number type")
+            shape = _shape(sym)
+            length = shape[0] * shape[1] if shape else 1
+            if length == 1:
+                if arr.ndim != 1 and not (arr.ndim == 2 and arr.shape[1] == 1):
+                    raise GradcError(
+                        f"data {sym}: expected a 1-D array (one value per example), "
+                        f"got shape {arr.shape}"
+                    )
+                arr = arr.reshape(-1)
+            else:
+                if arr.ndim == 3 and 1 in arr.shape[1:]:
+                    arr = arr.reshape(arr.shape[0], -1)
+                if arr.ndim != 2 or arr.shape[1] != length:
+                    raise GradcError(
+                        f"data {sym}: expected shape (n, {length}) for a "
+                        f"{shape[0]}x{shape[1]} vector per example, got {arr.shape}"
+                    )
             if n is None:
-                n = arr.shape[0]
-                first = sym
+                n, first = arr.shape[0], sym
             elif arr.shape[0] != n:
-                raise GradcError(
-                    f"data {sym} has {arr.shape[0]} examples but {first} has {n}"
-                )
+                raise GradcError(f"data {sym} has {arr.shape[0]} examples but {first} has {n}")
+            if sym in self._labels:
+                self._check_labels(sym, arr)
             out.append(np.ascontiguousarray(arr, dtype=np.float64))
         if n == 0:
             raise GradcError(f"empty batch: data {first} has 0 examples")
         for sym, c in zip(self.consts, args[nd:]):
             arr = np.asarray(c)
-            if arr.dtype.kind not in "biuf" or arr.ndim != 0:
+            if arr.dtype.kind not in "biuf" or (not _shape(sym) and arr.ndim != 0):
                 raise GradcError(
                     f"const {sym}: expected a real scalar, got {arr.dtype} with shape {arr.shape}"
                 )
-            out.append(float(arr))
+            out.append(self._value(sym, arr, f"const {sym}"))
         return out
+
+    def _check_labels(self, sym, arr):
+        k = self._labels[sym]
+        if arr.size and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
+            raise GradcError(f"data {sym}: labels must be integers, got {arr[arr != np.round(arr)][:3]}")
+        if arr.size and (arr.min() < 0 or arr.max() >= k):
+            raise GradcError(
+                f"data {sym}: labels must be in 0..{k - 1} (there are {k} classes), "
+                f"got values from {arr.min():g} to {arr.max():g}"
+            )
 
     # -- calls ------------------------------------------------------------------------------
     def _call(self, kernel, *args):
         with np.errstate(all="ignore"):
             out = kernel(*args)
         if isinstance(out, tuple):
-            return tuple(_plain(o) for o in out)
+            return tuple(self._result(o) for o in out)
         return _plain(out)
+
+    def _result(self, o):
+        if isinstance(o, tuple):  # gradients of matrix params: a list in wrt order
+            return [self._grad_entry(s, g) for s, g in zip(self.wrt, o)]
+        return _plain(o)
+
+    @staticmethod
+    def _grad_entry(sym, g):
+        shape = _shape(sym)
+        if shape and np.ndim(g) == 0:
+            return np.full(shape, float(g))
+        return _plain(g)
+
+    def _kernel(self, name):
+        kernel = getattr(self.kernels, name, None)
+        if kernel is None:
+            raise GradcError(
+                f"{name} is not available for reduce=None with matrix parameters: per-example "
+                "gradients of matrices are not supported; use reduce='sum' or 'mean'"
+            )
+        return kernel
 
     def value(self, params, *args):
         """The (reduced) value of the expression."""
-        return self._call(self.kernels.value, self._vector(params, "params"), *self._args(args))
+        return self._call(self.kernels.value, self._params(params, "params"), *self._args(args))
 
     def grad(self, params, *args):
-        """The gradient with respect to ``wrt``, an array in ``wrt`` order."""
-        return self._call(self.kernels.grad, self._vector(params, "params"), *self._args(args))
+        """The gradient with respect to ``wrt`` (a vector, or a list for matrix params)."""
+        return self._call(self._kernel("grad"), self._params(params, "params"), *self._args(args))
 
     def value_and_grad(self, params, *args):
         """``(value, gradient)`` in one pass (reverse mode)."""
         return self._call(
-            self.kernels.value_and_grad, self._vector(params, "params"), *self._args(args)
+            self._kernel("value_and_grad"), self._params(params, "params"), *self._args(args)
         )
 
     def jvp(self, params, tangent, *args):
         """``(value, directional derivative along tangent)`` by forward mode."""
         return self._call(
-            self.kernels.jvp, self._vector(params, "params"), self._vector(tangent, "tangent"),
+            self.kernels.jvp, self._params(params, "params"), self._params(tangent, "tangent"),
             *self._args(args),
         )

@@ -71,7 +71,7 @@ def structural_key(expr) -> str:
     """
     ids, lines = {}, []
     for node in postorder(expr):
-        if node.args:
+        if node.args and not isinstance(node, sp.Lambda):
             body = type(node).__name__ + "(" + ",".join(str(ids[a]) for a in node.args) + ")"
         else:
             body = sp.srepr(node)

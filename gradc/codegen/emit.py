@@ -255,7 +255,7 @@ class ModuleWriter:
         self.params = value_prog.inputs_of("param")
         self.data = value_prog.inputs_of("data")
         self.consts = value_prog.inputs_of("const")
-        self.scalar = is_scalar_program(value_prog, vjp_prog, jvp_prog)
+        self.scalar = is_scalar_program(*(p for p in (value_prog, vjp_prog, jvp_prog) if p))
         self.per_example = reduce is None and bool(self.data)
 
     def writer(self, fname, doc):
@@ -270,18 +270,17 @@ class ModuleWriter:
     def kernels(self):
         per = " per example" if self.per_example else ""
         value, vjp, jvp = self.progs["value"], self.progs["value_and_grad"], self.progs["jvp"]
-        grads = ("vector" if self.scalar else "tuple", list(vjp.outputs[1:]))
-        out = [
-            self.writer("value", f"The value{per}.").write(
-                [("scalar", list(value.outputs))], self.per_example),
-            self.writer("value_and_grad", f"(value, gradient){per}, by reverse mode.").write(
-                [("scalar", [vjp.outputs[0]]), grads], self.per_example),
-        ]
-        args = ", ".join(["params"] + [Namer(vjp)(i.var) for i in self.data + self.consts])
-        out.append(
-            f"def grad({args}):\n    \"\"\"The gradient{per}, by reverse mode.\"\"\"\n"
-            f"    return value_and_grad({args})[1]"
-        )
+        out = [self.writer("value", f"The value{per}.").write(
+            [("scalar", list(value.outputs))], self.per_example)]
+        if vjp is not None:  # (no per-example gradients of matrices)
+            grads = ("vector" if self.scalar else "tuple", list(vjp.outputs[1:]))
+            out.append(self.writer("value_and_grad", f"(value, gradient){per}, by reverse mode.")
+                       .write([("scalar", [vjp.outputs[0]]), grads], self.per_example))
+            args = ", ".join(["params"] + [Namer(vjp)(i.var) for i in self.data + self.consts])
+            out.append(
+                f"def grad({args}):\n    \"\"\"The gradient{per}, by reverse mode.\"\"\"\n"
+                f"    return value_and_grad({args})[1]"
+            )
         out.append(self.writer("jvp", f"(value, directional derivative along tangent){per}, "
                                       "by forward mode.").write(
             [("scalar", [jvp.outputs[0]]), ("scalar", [jvp.outputs[1]])], self.per_example))

@@ -35,6 +35,7 @@ FUNCTIONS = {
     "erf": "math.erf", "erfc": "math.erfc", "gamma": "math.gamma", "loggamma": "math.lgamma",
     "sign": "_rt.sign", "Heaviside": "_rt.heaviside", "Abs": "abs",
     "Max": "_rt.maximum", "Min": "_rt.minimum",
+    "Logistic": "_vm.sigmoid", "Softplus": "_rt.softplus",
 }
 
 

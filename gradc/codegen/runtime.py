@@ -39,6 +39,11 @@ def minimum(a, b):
     return a if a < b or a != a else b
 
 
+def softplus(x):
+    """log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|))."""
+    return maximum(x, 0.0) + np.log1p(np.exp(-abs(x)))
+
+
 def vsum(buf, m):
     """Sum ``buf[:m]`` with eight interleaved accumulators (vectorises; deterministic)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
@@ -59,10 +64,128 @@ def vsum(buf, m):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-_NAMES = ("sign", "heaviside", "maximum", "minimum", "vsum")
+_NAMES = ("sign", "heaviside", "maximum", "minimum", "softplus", "vsum")
 
 #: The plain-Python versions, for kernels run with ``jit=False``.
 python = types.SimpleNamespace(**{n: globals()[n] for n in _NAMES})
 
 for _n in _NAMES:
     globals()[_n] = _jit(globals()[_n])
+
+
+# ---------------------------------------------------------------------------------------
+# Array helpers for matrix kernels: per-example reductions over rows of (n, L) arrays.
+
+
+def colsum(a):
+    """Column sums of a 2-D array (the sum over the batch), pairwise-free but in order."""
+    n, m = a.shape
+    out = np.zeros(m)
+    for i in range(n):
+        for j in range(m):
+            out[j] += a[i, j]
+    return out
+
+
+def rowsum(a):
+    """Row sums of a 2-D array (per-example sums)."""
+    n, m = a.shape
+    out = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += a[i, j]
+        out[i] = s
+    return out
+
+
+def _lse_row(a, i):
+    m = a.shape[1]
+    top = -np.inf
+    for j in range(m):
+        top = maximum(top, a[i, j])
+    if top == np.inf or top == -np.inf or top != top:
+        return top
+    s = 0.0
+    for j in range(m):
+        s += np.exp(a[i, j] - top)
+    return top + np.log(s)
+
+
+def rowlse(a):
+    """Per-row log-sum-exp, shifted by the row maximum (no overflow)."""
+    n = a.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = _lse_row(a, i)
+    return out
+
+
+def lse_all(a):
+    """Log-sum-exp of all elements of a 2-D array."""
+    return _lse_row(np.ascontiguousarray(a).reshape(1, -1), 0)
+
+
+def rowdot(a, b):
+    """Per-row dot products of two (n, L) arrays."""
+    n, m = a.shape
+    out = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += a[i, j] * b[i, j]
+        out[i] = s
+    return out
+
+
+def pick(z, idx):
+    """z[i, idx[i]] for every row i."""
+    n = z.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = z[i, int(idx[i])]
+    return out
+
+
+def pick_fixed(z, idx):
+    """z.flat[idx[i]] for a batch-invariant vector z."""
+    flat = np.ascontiguousarray(z).reshape(-1)
+    n = idx.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        out[i] = flat[int(idx[i])]
+    return out
+
+
+def onehot(idx, m):
+    """Rows of length m with a 1 at idx[i]."""
+    n = idx.shape[0]
+    out = np.zeros((n, m))
+    for i in range(n):
+        out[i, int(idx[i])] = 1.0
+    return out
+
+
+def _np_rowlse(a):
+    top = np.max(a, axis=1)
+    finite = np.isfinite(top)
+    shift = np.where(finite, top, 0.0)
+    with np.errstate(all="ignore"):
+        out = shift + np.log(np.sum(np.exp(a - shift[:, None]), axis=1))
+    return np.where(finite, out, top)
+
+
+# The jit=False path uses numpy for the array helpers (same values, up to the order of
+# floating-point sums).
+python.colsum = lambda a: np.sum(a, axis=0)
+python.rowsum = lambda a: np.sum(a, axis=1)
+python.rowlse = _np_rowlse
+python.lse_all = lambda a: float(_np_rowlse(np.reshape(a, (1, -1)))[0])
+python.rowdot = lambda a, b: np.sum(a * b, axis=1)
+python.pick = lambda z, idx: z[np.arange(z.shape[0]), idx.astype(np.int64)]
+python.pick_fixed = lambda z, idx: np.reshape(z, -1)[idx.astype(np.int64)]
+python.onehot = lambda idx, m: np.eye(m)[idx.astype(np.int64)]
+
+_lse_row = _jit(_lse_row)
+for _n in ("colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot"):
+    globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])

@@ -74,6 +74,16 @@ class Primitive:
         raise NotImplementedError
 
 
+class Summed:
+    """A cotangent contribution that a vjp rule has already summed over the batch (a
+    product that contracts the batch axis), so :func:`gradc.ad.unbroadcast` must not."""
+
+    __slots__ = ("atom",)
+
+    def __init__(self, atom):
+        self.atom = atom
+
+
 def broadcast_type(inputs, what="elementwise operation"):
     """Type of an elementwise result: scalars broadcast against one common shape."""
     shapes = []
@@ -128,5 +138,5 @@ def mul(b, x, y):
 from .scalar import elementwise, number, partials, placeholder  # noqa: E402
 from . import array  # noqa: E402,F401
 
-__all__ = ["registry", "Primitive", "add", "mul", "elementwise", "partials", "placeholder",
+__all__ = ["registry", "Primitive", "Summed", "add", "mul", "elementwise", "partials", "placeholder",
            "number", "broadcast_type"]

@@ -17,7 +17,7 @@ import sympy as sp
 
 from ..errors import GradcError
 from ..ir import Lit, Var, type_of
-from . import Primitive, add, mul, register
+from . import Primitive, Summed, add, mul, register
 
 
 def _fmt(shape):
@@ -57,11 +57,7 @@ class BatchSum(Primitive):
         return [ct]  # the same cotangent for every example
 
     def emit_array(self, eqn, ctx):
-        (a,) = eqn.inputs
-        out, src = ctx.name(eqn.out), ctx.name(a)
-        if shape_of(a) == ():
-            return [f"{out} = _rt.vsum({src}, {src}.shape[0])"]
-        return ctx.alloc(eqn.out) + [f"_rt.colsum({src}, {out})"]
+        return ctx.batch_sum(eqn)
 
 
 def batch_sum(b, a):
@@ -123,11 +119,13 @@ class MatMul(Primitive):
         a, b_ = eqn.inputs
         out = [None, None]
         if active[0]:
-            out[0] = matmul(b, ct, transpose(b, b_),
-                            contract=not batched(a) and batched(ct) and batched(b_))
+            contract = not batched(a) and batched(ct) and batched(b_)
+            out[0] = matmul(b, ct, transpose(b, b_), contract=contract)
+            out[0] = Summed(out[0]) if contract else out[0]
         if active[1]:
-            out[1] = matmul(b, transpose(b, a), ct,
-                            contract=not batched(b_) and batched(ct) and batched(a))
+            contract = not batched(b_) and batched(ct) and batched(a)
+            out[1] = matmul(b, transpose(b, a), ct, contract=contract)
+            out[1] = Summed(out[1]) if contract else out[1]
         return out
 
     def emit_array(self, eqn, ctx):

@@ -1,0 +1,245 @@
+"""Benchmark gradc's compile time against expression size, stage by stage.
+
+Usage::
+
+    python benchmarks/bench_compile.py                 # all cases (the largest take minutes)
+    python benchmarks/bench_compile.py --quick         # cases up to ~1,000 nodes
+    python benchmarks/bench_compile.py --timeout 900   # seconds allowed per case (default 1200)
+    python benchmarks/bench_compile.py --cases units:1000,chain:1000   # a chosen subset
+
+Cases (float64, data x and y, reduce="mean"):
+
+* ``units:k``  loss = (w0 + sum_{i=1..k} w_i tanh(v_i x + b_i) - y)**2, 3k + 1 parameters
+  (k = 1, 10, 100, 1000; about 12 to 10,000 sympy nodes)
+* ``chain:d``  h_0 = x, h_j = tanh(a_j h_{j-1} + c_j), loss = (h_d - y)**2, 2d parameters
+  (d = 10, 100, 1000: a deep expression)
+
+Each case runs in its own subprocess with a fresh ``GRADC_CACHE_DIR``, after a warm-up
+compile of a one-unit model (so numba's one-time initialisation is not charged to the first
+case).  Stages, timed separately:
+
+* ``lower``    ``gradc.frontend.lower`` (role checks + sympy -> IR), plus the cache key
+               (``structural_key``) that ``gradc.compile`` computes first
+* ``AD``       ``gradc.ad.vjp_program`` + ``gradc.ad.jvp_program``
+* ``codegen``  ``gradc.codegen.emit.generate``
+* ``numba``    ``gradc.backend.load`` (write + import the module) and the first call of
+               ``kernels.value_and_grad`` (numba typing, lowering, LLVM optimisation and
+               code generation of that one kernel, and the write of numba's cache)
+
+"nodes" is the number of distinct sympy subexpressions (the DAG that gradc lowers).  The
+script prints microseconds per node for each stage and the local growth exponent between
+successive sizes of a family (1.0 = linear, 2.0 = quadratic).  For the numba stage it also
+prints numba's own split of the first call: the time spent holding the LLVM lock (LLVM IR
+optimisation and machine-code generation, approximately) and the slowest compiler passes.
+"""
+
+import os
+import sys
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import sympy as sp  # noqa: E402
+
+FULL_CASES = ["units:1", "units:10", "units:100", "units:1000",
+              "chain:10", "chain:100", "chain:1000"]
+QUICK_CASES = ["units:1", "units:10", "units:100", "chain:10", "chain:100"]
+CHILD_FLAG = "--child"
+N_DATA = 1000
+
+
+def build(case):
+    """(expr, wrt, data) for a case name ``family:size``."""
+    family, size = case.split(":")
+    size = int(size)
+    x, y = sp.symbols("x y")
+    if family == "units":
+        v = sp.symbols(f"v1:{size + 1}")
+        b = sp.symbols(f"b1:{size + 1}")
+        w = sp.symbols(f"w0:{size + 1}")
+        f = w[0] + sp.Add(*[w[i + 1] * sp.tanh(v[i] * x + b[i]) for i in range(size)])
+        return (f - y) ** 2, [*v, *b, *w], [x, y]
+    if family == "chain":
+        a = sp.symbols(f"a1:{size + 1}")
+        c = sp.symbols(f"c1:{size + 1}")
+        h = x
+        for j in range(size):
+            h = sp.tanh(a[j] * h + c[j])
+        return (h - y) ** 2, [*a, *c], [x, y]
+    raise SystemExit(f"unknown case family {family!r}")
+
+
+# ------------------------------------------------------------------------------ child
+def child(case):
+    import numba
+    from numba.core import event
+
+    import gradc
+    from gradc import __version__, backend
+    from gradc.ad import jvp_program, vjp_program
+    from gradc.codegen.emit import generate
+    from gradc.frontend import check_roles, lower, postorder, structural_key
+
+    rng = np.random.default_rng(0)
+    X = np.linspace(-1.0, 1.0, N_DATA)
+    Y = np.sin(X)
+
+    # warm-up: numba's target initialisation and gradc's helpers, in another cache folder
+    root = os.environ["GRADC_CACHE_DIR"]
+    os.environ["GRADC_CACHE_DIR"] = os.path.join(root, "warmup")
+    e0, w0, d0 = build("units:1")
+    gradc.compile(e0, wrt=w0, data=d0).value_and_grad(rng.normal(size=len(w0)) * 0.5, X, Y)
+    os.environ["GRADC_CACHE_DIR"] = os.path.join(root, "case")
+
+    expr, wrt, dat = build(case)
+    nodes = len(postorder(expr))
+    t = {}
+    t0 = time.perf_counter()
+    wrt_t, dat_t, con_t = check_roles(expr, wrt, dat, ())
+    key = backend.make_key(structural_key(expr),
+                           *(sp.srepr(sp.Tuple(*s)) for s in (wrt_t, dat_t, con_t)), repr("mean"))
+    t1 = time.perf_counter()
+    prog = lower(expr, wrt, dat)
+    t2 = time.perf_counter()
+    vjp = vjp_program(prog)
+    t3 = time.perf_counter()
+    jvp = jvp_program(prog)
+    t4 = time.perf_counter()
+    source = generate(prog, vjp, jvp, "mean", title=case, version=__version__)
+    t5 = time.perf_counter()
+    kernels = backend.load(source, key, jit=True)
+    t6 = time.perf_counter()
+    params = rng.normal(size=len(wrt)) * 0.5
+    passes = {}
+    with event.install_recorder("numba:run_pass") as rec:
+        value, grad = kernels.value_and_grad(params, X, Y)
+    t7 = time.perf_counter()
+    # pass durations (only the outermost pipeline: nested inlining pipelines are part of
+    # the pass that started them)
+    starts, depth = [], 0
+    for ts, ev in rec.buffer:
+        if ev.is_start:
+            starts.append((ts, ev.data["name"], depth))
+            depth += 1
+        else:
+            ts0, name, d = starts.pop()
+            depth -= 1
+            if d == 0:
+                passes[name] = passes.get(name, 0.0) + (ts - ts0)
+    disp = kernels.value_and_grad
+    timers = disp.overloads[disp.signatures[0]].metadata.get("timers", {})
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    vg_src = source[source.index("def value_and_grad"):source.index("def grad(")]
+    top = sorted(passes.items(), key=lambda kv: -kv[1])[:4]
+    print(json.dumps({
+        "case": case, "nodes": nodes, "params": len(wrt),
+        "ir_value": len(prog.eqns), "ir_vjp": len(vjp.eqns), "ir_jvp": len(jvp.eqns),
+        "vg_lines": vg_src.count("\n"),
+        "key": t1 - t0, "lower": t2 - t1, "vjp": t3 - t2, "jvp": t4 - t3, "codegen": t5 - t4,
+        "load": t6 - t5, "numba": t7 - t6,
+        "llvm_lock": timers.get("llvm_lock"), "compiler_lock": timers.get("compiler_lock"),
+        "top_passes": top, "numba_version": numba.__version__,
+    }))
+
+
+# ------------------------------------------------------------------------------ parent
+def run_case(case, timeout):
+    with tempfile.TemporaryDirectory(prefix="gradc-bench-compile-") as d:
+        env = dict(os.environ, GRADC_CACHE_DIR=d)
+        try:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), CHILD_FLAG, case],
+                                 env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"case": case, "timeout": timeout}
+        if out.returncode != 0:
+            return {"case": case, "error": out.stderr.strip().splitlines()[-1:]}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    args = sys.argv[1:]
+    timeout = 1200.0
+    if "--timeout" in args:
+        timeout = float(args[args.index("--timeout") + 1])
+    if "--cases" in args:
+        cases = args[args.index("--cases") + 1].split(",")
+    else:
+        cases = QUICK_CASES if "--quick" in args else FULL_CASES
+    import numba
+
+    import gradc
+    print(f"gradc {gradc.__version__} bench_compile: numba {numba.__version__}, sympy "
+          f"{sp.__version__}, python {sys.version.split()[0]}; one subprocess per case, "
+          f"timeout {timeout:.0f} s; batch of {N_DATA} for the first call")
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        r = run_case(case, timeout)
+        r["wall"] = time.perf_counter() - t0
+        rows.append(r)
+        status = ("timeout" if "timeout" in r else "error: " + " ".join(r["error"])
+                  if "error" in r else f"numba {r['numba']:.2f} s")
+        print(f"  ran {case:12s} in {r['wall']:7.1f} s ({status})", flush=True)
+
+    stages = ("key", "lower", "AD", "codegen", "numba")
+
+    def stage(r, s):
+        return r["vjp"] + r["jvp"] if s == "AD" else (r["load"] + r["numba"] if s == "numba"
+                                                     else r[s])
+
+    print("\nseconds per stage (numba = module load + first value_and_grad call)")
+    hdr = (f"  {'case':12s} {'nodes':>6s} {'IR vjp':>7s} {'vg lines':>8s} "
+           + " ".join(f"{s:>9s}" for s in stages) + f" {'llvm lock':>9s}")
+    print(hdr)
+    for r in rows:
+        if "nodes" not in r:
+            print(f"  {r['case']:12s} {'-':>6s}  {('TIMEOUT after %.0f s' % r['timeout']) if 'timeout' in r else r['error']}")
+            continue
+        print(f"  {r['case']:12s} {r['nodes']:6d} {r['ir_vjp']:7d} {r['vg_lines']:8d} "
+              + " ".join(f"{stage(r, s):9.4f}" for s in stages)
+              + f" {(r['llvm_lock'] or float('nan')):9.3f}")
+
+    print("\nmicroseconds per node")
+    print(f"  {'case':12s} {'nodes':>6s} " + " ".join(f"{s:>9s}" for s in stages))
+    for r in rows:
+        if "nodes" in r:
+            print(f"  {r['case']:12s} {r['nodes']:6d} "
+                  + " ".join(f"{stage(r, s) / r['nodes'] * 1e6:9.1f}" for s in stages))
+
+    print("\ngrowth exponent between successive sizes of a family "
+          "(d log t / d log nodes; 1 = linear, 2 = quadratic)")
+    print(f"  {'from -> to':26s} " + " ".join(f"{s:>9s}" for s in stages))
+    fam = {}
+    for r in rows:
+        if "nodes" in r:
+            fam.setdefault(r["case"].split(":")[0], []).append(r)
+    for rs in fam.values():
+        for a, b in zip(rs, rs[1:]):
+            ratio = math.log(b["nodes"] / a["nodes"])
+            ex = []
+            for s in stages:
+                ta, tb = stage(a, s), stage(b, s)
+                ex.append(f"{math.log(tb / ta) / ratio:9.2f}" if ta > 0 and tb > 0 else f"{'-':>9s}")
+            print(f"  {a['case'] + ' -> ' + b['case']:26s} " + " ".join(ex))
+
+    print("\nslowest numba compiler passes in the first call (seconds)")
+    for r in rows:
+        if "nodes" in r:
+            print(f"  {r['case']:12s} " + ", ".join(f"{n} {s:.2f}" for n, s in r["top_passes"]))
+    print("\nraw JSON rows:")
+    for r in rows:
+        print("  " + json.dumps(r))
+
+
+if __name__ == "__main__":
+    if CHILD_FLAG in sys.argv:
+        child(sys.argv[sys.argv.index(CHILD_FLAG) + 1])
+    else:
+        main()

@@ -1,0 +1,208 @@
+"""Benchmark gradc.codegen.vmath against libm (math.*) in numba loops and numpy ufuncs.
+
+Usage::
+
+    python benchmarks/bench_vmath.py            # host CPU target
+    python benchmarks/bench_vmath.py --avx2     # compile for a Haswell-class AVX2+FMA target
+    python benchmarks/bench_vmath.py --quick    # fewer repetitions
+
+Prints, single-threaded, the median ns/element at n = 10_000 and n = 1_000_000
+for each function as
+
+* ``vmath``  : ``for i in range(n): out[i] = vmath.f(x[i])`` in an njit loop
+* ``math``   : the same loop calling ``math.f`` (one scalar libm call each)
+* ``numpy``  : the numpy ufunc writing into a preallocated ``out``
+
+and the speed-up ratios math/vmath and numpy/vmath.  It also reports the SIMD
+width LLVM chose for each vmath loop (``<N x double>`` in the IR) and whether
+ymm/zmm registers appear in the assembly.
+"""
+
+import os
+import sys
+
+if "--avx2" in sys.argv:
+    os.environ.setdefault("NUMBA_CPU_NAME", "haswell")
+    os.environ.setdefault(
+        "NUMBA_CPU_FEATURES",
+        "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,"
+        "+mmx,+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,"
+        "-avx512f,-avx512dq,-avx512vl,-avx512bw,-avx512cd")
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import math  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import numba  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gradc.codegen import vmath  # noqa: E402
+
+
+# ---------------------------------------------------------------- vmath loops
+@numba.njit
+def v_exp(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.exp(x[i])
+
+
+@numba.njit
+def v_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.tanh(x[i])
+
+
+@numba.njit
+def v_log(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.log(x[i])
+
+
+@numba.njit
+def v_sigmoid(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.sigmoid(x[i])
+
+
+@numba.njit
+def v_expm1(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.expm1(x[i])
+
+
+@numba.njit
+def v_log1p(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.log1p(x[i])
+
+
+# ----------------------------------------------------------------- libm loops
+@numba.njit
+def m_exp(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.exp(x[i])
+
+
+@numba.njit
+def m_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.tanh(x[i])
+
+
+@numba.njit
+def m_log(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.log(x[i])
+
+
+@numba.njit
+def m_sigmoid(x, out):
+    for i in range(x.shape[0]):
+        xi = x[i]
+        if xi >= 0.0:
+            out[i] = 1.0 / (1.0 + math.exp(-xi))
+        else:
+            e = math.exp(xi)
+            out[i] = e / (1.0 + e)
+
+
+@numba.njit
+def m_expm1(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.expm1(x[i])
+
+
+@numba.njit
+def m_log1p(x, out):
+    for i in range(x.shape[0]):
+        out[i] = math.log1p(x[i])
+
+
+# ---------------------------------------------------------------- numpy
+def np_sigmoid(x, out):
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    np.add(out, 1.0, out=out)
+    np.reciprocal(out, out=out)
+
+
+CASES = [
+    # name, vmath loop, math loop, numpy, input generator
+    ("exp", v_exp, m_exp, lambda x, o: np.exp(x, out=o),
+     lambda rng, n: rng.uniform(-50.0, 50.0, n)),
+    ("tanh", v_tanh, m_tanh, lambda x, o: np.tanh(x, out=o),
+     lambda rng, n: rng.uniform(-5.0, 5.0, n)),
+    ("log", v_log, m_log, lambda x, o: np.log(x, out=o),
+     lambda rng, n: np.exp(rng.uniform(-23.0, 23.0, n))),
+    ("sigmoid", v_sigmoid, m_sigmoid, np_sigmoid,
+     lambda rng, n: rng.uniform(-20.0, 20.0, n)),
+    ("expm1", v_expm1, m_expm1, lambda x, o: np.expm1(x, out=o),
+     lambda rng, n: rng.uniform(-5.0, 5.0, n)),
+    ("log1p", v_log1p, m_log1p, lambda x, o: np.log1p(x, out=o),
+     lambda rng, n: np.exp(rng.uniform(-23.0, 10.0, n)) - 0.5),
+]
+
+
+def median_ns_per_element(fn, x, out, samples, min_time=2e-3):
+    fn(x, out)                                   # warm up / compile
+    reps = 1
+    while True:                                  # calls per sample so one sample >= min_time
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn(x, out)
+        dt = time.perf_counter() - t
+        if dt >= min_time:
+            break
+        reps *= 2
+    times = []
+    for _ in range(samples):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn(x, out)
+        times.append((time.perf_counter() - t) / reps)
+    return float(np.median(times)) / x.size * 1e9
+
+
+def simd_report(loop):
+    sig = loop.signatures[0]
+    llvm = loop.inspect_llvm(sig)
+    asm = loop.inspect_asm(sig)
+    widths = sorted({int(w) for w in re.findall(r"<(\d+) x double>", llvm)})
+    regs = sorted(set(re.findall(r"%([xyz])mm\d+", asm)))
+    return (f"<{max(widths)} x double>" if widths else "scalar"), "/".join(r + "mm" for r in regs)
+
+
+def main():
+    quick = "--quick" in sys.argv
+    samples = 5 if quick else 15
+    try:
+        import llvmlite.binding as ll
+        feats = ll.get_host_cpu_features()
+        host = f"{ll.get_host_cpu_name()} avx2={feats.get('avx2', False)} avx512f={feats.get('avx512f', False)}"
+    except Exception:                             # pragma: no cover
+        host = "?"
+    print(f"numba {numba.__version__}, numpy {np.__version__}, host {host}, "
+          f"NUMBA_CPU_NAME={os.environ.get('NUMBA_CPU_NAME', '(host)')}, "
+          f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}")
+    rng = np.random.default_rng(0)
+    hdr = f"{'func':8s} {'n':>8s} {'vmath':>8s} {'math':>8s} {'numpy':>8s}   {'math/vmath':>10s} {'numpy/vmath':>11s}  simd"
+    print("median ns/element, single thread")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, vloop, mloop, npf, gen in CASES:
+        for n in (10_000, 1_000_000):
+            x = gen(rng, n)
+            out = np.empty_like(x)
+            tv = median_ns_per_element(vloop, x, out, samples)
+            tm = median_ns_per_element(mloop, x, out, samples)
+            tn = median_ns_per_element(npf, x, out, samples)
+            width, regs = simd_report(vloop)
+            print(f"{name:8s} {n:8d} {tv:8.2f} {tm:8.2f} {tn:8.2f}   {tm / tv:10.1f} {tn / tv:11.1f}  {width} {regs}")
+
+
+if __name__ == "__main__":
+    main()

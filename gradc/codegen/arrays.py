@@ -1,0 +1,191 @@
+"""Array kernels: programs with matrices -> BLAS products and fused elementwise loops.
+
+Contract
+--------
+:class:`ArrayKernel` writes one kernel for a program whose values include matrices.  The
+storage of each value follows :mod:`gradc.prims.array`: a batched vector is an ``(n, L)``
+array (examples on axis 0), a batched scalar ``(n,)``, a batch-invariant matrix a 2-D
+array, a batch-invariant scalar a float.
+
+Equations are emitted in program order.  Runs of consecutive elementwise equations over
+the same iteration space (a batch of vectors of one length, a batch of scalars, one
+matrix shape) are fused into one loop; inside it every value is a local scalar, and only
+the values used after the loop (or returned) are stored to arrays.  Matrix products go to
+BLAS through ``np.dot`` with transposes folded into the call (``np.dot(X, W.T)`` for a
+batch of ``W x``; ``np.dot(G.T, X)`` for the gradient of ``W``, summed over the batch by
+the product itself).  Reductions call :mod:`gradc.codegen.runtime`.
+"""
+
+from __future__ import annotations
+
+from ..errors import GradcError
+from ..ir import Lit, Var, type_of
+from ..prims import registry
+from .emit import KernelWriter, needed_eqns
+
+
+def _space(var):
+    """The iteration space of an elementwise result: (batched, length or shape)."""
+    shape, isb = var.shape, var.batched
+    if isb:
+        return True, (shape[0] * shape[1] if shape else 0)
+    return False, shape
+
+
+class ArrayKernel(KernelWriter):
+    """One kernel of a matrix program; see the module docstring."""
+
+    def write(self, groups, per_example):
+        outputs = [a for _, atoms in groups for a in atoms]
+        eqns, _ = needed_eqns(self.prog, outputs)
+        self.out_ids = {o.id for o in outputs if isinstance(o, Var)}
+        ind = "    "
+        lines = self.header() + [ind + s for s in self.prologue()]
+        for stage in self.stages(eqns):
+            if registry[stage[0].prim].elementwise:
+                lines += [ind + s for s in self.fused(stage, eqns)]
+            else:
+                (e,) = stage
+                lines += [ind + s for s in registry[e.prim].emit_array(e, self)]
+        lines.append(ind + "return " + self.returned(groups))
+        return "\n".join(lines)
+
+    # -- grouping -------------------------------------------------------------------------
+    def stages(self, eqns):
+        out, cur = [], []
+        for e in eqns:
+            if (registry[e.prim].elementwise and cur and registry[cur[-1].prim].elementwise
+                    and _space(cur[-1].out) == _space(e.out)):
+                cur.append(e)
+                continue
+            if cur:
+                out.append(cur)
+            cur = [e]
+        if cur:
+            out.append(cur)
+        return out
+
+    # -- fused elementwise loops ----------------------------------------------------------
+    def fused(self, group, eqns):
+        members = {e.out.id for e in group}
+        last = group[-1]
+        later = [e for e in eqns if e not in group]
+        used_later = {a.id for e in later for a in e.inputs if isinstance(a, Var)}
+        stored = [e for e in group if e.out.id in used_later or e.out.id in self.out_ids]
+        isb, extent = _space(last.out)
+        lines = [s for e in stored for s in self.alloc(e.out)]
+        if isb and extent:
+            idx, loops = "i, j", [f"for i in range(n):", f"    for j in range({extent}):"]
+        elif isb:
+            idx, loops = "i", ["for i in range(n):"]
+        elif extent:
+            r, c = extent
+            idx, loops = "p, q", [f"for p in range({r}):", f"    for q in range({c}):"]
+        else:
+            idx, loops = "", []
+        body = []
+        local = members if loops else set()
+        for e in group:
+            names = [self.access(a, isb, extent, local) for a in e.inputs]
+            expr = registry[e.prim].emit(e, names, self.printer)
+            if loops:
+                body.append(f"s{e.out.id} = {expr}")
+            else:
+                body.append(f"{self.name(e.out)} = {expr}")
+        if loops:
+            body += [f"{self.name(e.out)}[{idx}] = s{e.out.id}" for e in stored]
+            pad = "    " * len(loops)
+            return lines + loops + [pad + s for s in body]
+        return body
+
+    def access(self, atom, isb, extent, members):
+        if isinstance(atom, Lit):
+            return self.name(atom)
+        if atom.id in members:
+            return f"s{atom.id}"
+        name = self.name(atom)
+        shape, ab = type_of(atom)
+        if not shape:
+            return f"{name}[i]" if ab else name
+        if isb:
+            if ab:
+                return f"{name}[i, j]"
+            return f"{name}[j, 0]" if shape[1] == 1 else f"{name}[0, j]"
+        return f"{name}[p, q]"
+
+    def alloc(self, var):
+        """Statements allocating the array that stores ``var``."""
+        name = self.name(var)
+        if var.batched:
+            if var.shape:
+                return [f"{name} = np.empty((n, {var.shape[0] * var.shape[1]}))"]
+            return [f"{name} = np.empty(n)"]
+        if var.shape:
+            return [f"{name} = np.empty({var.shape})"]
+        return []
+
+    # -- structural primitives (called back from prims.array) ------------------------------
+    def matmul(self, eqn):
+        a, b = eqn.inputs
+        A, B, out = self.name(a), self.name(b), self.name(eqn.out)
+        (r, k), (_, c) = a.shape, b.shape
+        if eqn.params:  # summed over the batch
+            if k == 1:
+                return [f"{out} = np.dot({A}.T, {B})"]
+            return [f"{out} = _rt.vsum(_rt.rowdot({A}, {B}), n)"]
+        if not a.batched and not b.batched:
+            return [f"{out} = np.dot({A}, {B})" + ("[0, 0]" if not eqn.out.shape else "")]
+        if b.batched and not a.batched:
+            text = f"np.dot({B}, {A}.T)"
+        elif a.batched and not b.batched:
+            text = f"np.dot({A}, {B})"
+        else:
+            return [f"{out} = _rt.rowdot({A}, {B})"]
+        if not eqn.out.shape:
+            text = f"np.ascontiguousarray({text}[:, 0])"
+        return [f"{out} = {text}"]
+
+    def reduce_elements(self, eqn, kind):
+        (a,) = eqn.inputs
+        src, out = self.name(a), self.name(eqn.out)
+        if kind == "sum":
+            return [f"{out} = {'_rt.rowsum(' + src + ')' if a.batched else 'np.sum(' + src + ')'}"]
+        return [f"{out} = {'_rt.rowlse(' + src + ')' if a.batched else '_rt.lse_all(' + src + ')'}"]
+
+    def pick(self, eqn):
+        z, idx = eqn.inputs
+        Z, out = self.name(z), self.name(eqn.out)
+        I = self.name(idx)
+        if isinstance(idx, Lit) or not idx.batched:
+            raise GradcError("pick needs a per-example label (a data symbol)")
+        if z.batched:
+            return [f"{out} = _rt.pick({Z}, {I})"]
+        return [f"{out} = _rt.pick_fixed({Z}, {I})"]
+
+    def onehot(self, eqn):
+        (idx,) = eqn.inputs
+        r, c = eqn.params
+        return [f"{self.name(eqn.out)} = _rt.onehot({self.name(idx)}, {r * c})"]
+
+    def batch_sum(self, eqn):
+        (a,) = eqn.inputs
+        src, out = self.name(a), self.name(eqn.out)
+        if not a.shape:
+            return [f"{out} = _rt.vsum({src}, n)"]
+        return [f"{out} = _rt.colsum({src}).reshape({a.shape})"]
+
+    # -- results --------------------------------------------------------------------------
+    def returned(self, groups):
+        parts = []
+        params = self.prog.inputs_of("param")
+        for kind, atoms in groups:
+            if kind == "scalar":
+                (a,) = atoms
+                if isinstance(a, Lit) or not a.batched:
+                    parts.append(f"float({self.name(a)})")
+                else:
+                    parts.append(self.name(a))
+            else:
+                items = [self.grad_value(a, inp) for a, inp in zip(atoms, params)]
+                parts.append("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+        return ", ".join(parts)
