@@ -28,6 +28,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.concrete.expr_with_limits import ExprWithLimits
 from sympy.core.function import Application
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from . import prims
 from .errors import GradcError, short
@@ -170,7 +171,10 @@ class Lowerer:
         """The subexpressions that must be lowered before ``node``."""
         if isinstance(node, sp.MatrixSymbol):
             return []
-        if isinstance(node, sp.MatrixExpr) or getattr(node, "gradc_operands", None):
+        if (isinstance(node, sp.MatrixExpr) or getattr(node, "gradc_operands", None)
+                or any(isinstance(a, sp.MatrixExpr) for a in node.args)):
+            if isinstance(node, MatrixElement):  # the indices are numbers
+                return [node.args[0]]
             return [a for a in node.args if isinstance(a, (sp.Expr, sp.MatrixExpr))
                     and not isinstance(a, sp.Lambda) and not a.is_Number]
         if isinstance(node, (sp.Add, sp.Mul)):
@@ -343,6 +347,15 @@ class Lowerer:
             return a
         eye = self.b.emit("eye", [], type_of(a)[0])
         return ap.sum_elements(self.b, prims.mul(self.b, a, eye))
+
+    def _lower_MatrixElement(self, node):
+        parent, i, j = node.args
+        if not (i.is_Integer and j.is_Integer):
+            raise GradcError(
+                f"indexing {short(node)}: indices must be integers (use nn.cross_entropy "
+                "or nn.Pick for a per-example label)"
+            )
+        return ap.element(self.b, self.memo[parent], (int(i), int(j)))
 
     def _lower_MatrixExpr(self, node):
         raise GradcError(

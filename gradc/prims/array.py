@@ -117,19 +117,28 @@ class MatMul(Primitive):
 
     def vjp(self, b, eqn, ct, active):
         a, b_ = eqn.inputs
-        out = [None, None]
-        if active[0]:
-            contract = not batched(a) and batched(ct) and batched(b_)
-            out[0] = matmul(b, ct, transpose(b, b_), contract=contract)
-            out[0] = Summed(out[0]) if contract else out[0]
-        if active[1]:
-            contract = not batched(b_) and batched(ct) and batched(a)
-            out[1] = matmul(b, transpose(b, a), ct, contract=contract)
-            out[1] = Summed(out[1]) if contract else out[1]
-        return out
+        per_example = batched(eqn.out)
+        return [
+            _product_ct(b, ct, transpose(b, b_), a, per_example) if active[0] else None,
+            _product_ct(b, transpose(b, a), ct, b_, per_example) if active[1] else None,
+        ]
 
     def emit_array(self, eqn, ctx):
         return ctx.matmul(eqn)
+
+
+def _product_ct(b, left, right, target, per_example):
+    """The cotangent ``left @ right`` for ``target``.  When the product is per example and
+    ``target`` is batch-invariant, the per-example products are summed over the batch here,
+    as one product (a batch-contracting GEMM, or a product with a batch sum), and marked
+    :class:`Summed`; otherwise :func:`gradc.ad.unbroadcast` does what is left."""
+    if batched(target) or not per_example or not (batched(left) or batched(right)):
+        return matmul(b, left, right)
+    if batched(left) and batched(right):
+        return Summed(matmul(b, left, right, contract=True))
+    if batched(left):
+        return Summed(matmul(b, batch_sum(b, left), right))
+    return Summed(matmul(b, left, batch_sum(b, right)))
 
 
 def matmul(b, a, b_, contract=False):
@@ -323,6 +332,67 @@ class OneHot(Primitive):
 
     def emit_array(self, eqn, ctx):
         return ctx.onehot(eqn)
+
+
+# --------------------------------------------------------------------------------------
+# element: M[i, j] at constant indices; place: its transpose (a matrix that is zero but
+# for one element)
+
+
+@register
+class Element(Primitive):
+    name = "element"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        return (), batched(a)
+
+    def jvp(self, b, eqn, tangents):
+        return element(b, tangents[0], eqn.params)
+
+    def vjp(self, b, eqn, ct, active):
+        (a,) = eqn.inputs
+        return [b.emit("place", [ct], (*eqn.params, *shape_of(a)))]
+
+    def emit_array(self, eqn, ctx):
+        (a,) = eqn.inputs
+        i, j = eqn.params
+        src, out = ctx.name(a), ctx.name(eqn.out)
+        if batched(a):
+            flat = i * shape_of(a)[1] + j
+            return [f"{out} = np.ascontiguousarray({src}[:, {flat}])"]
+        return [f"{out} = {src}[{i}, {j}]"]
+
+
+def element(b, a, index):
+    if a is None or shape_of(a) == ():
+        return a
+    return b.emit("element", [a], tuple(index))
+
+
+@register
+class Place(Primitive):
+    name = "place"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        (a,) = inputs
+        return tuple(params[2:]), batched(a)
+
+    def jvp(self, b, eqn, tangents):
+        return b.emit("place", [tangents[0]], eqn.params)
+
+    def vjp(self, b, eqn, ct, active):
+        return [element(b, ct, eqn.params[:2])]
+
+    def emit_array(self, eqn, ctx):
+        (a,) = eqn.inputs
+        i, j, r, c = eqn.params
+        src, out = ctx.name(a), ctx.name(eqn.out)
+        if batched(eqn.out):
+            return [f"{out} = np.zeros((n, {r * c}))", f"{out}[:, {i * c + j}] = {src}"]
+        return [f"{out} = np.zeros(({r}, {c}))", f"{out}[{i}, {j}] = {src}"]
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""Matrix models: expanded-to-scalars sympy.diff oracle (rtol 1e-10), forward = reverse,
+finite differences at real sizes, nn building blocks, stability, shape and label errors."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc
+from gradc import GradcError, nn
+from sympy.matrices.exceptions import ShapeError
+from gradc.testing import check_against_sympy, check_grads
+
+d, m, k = 3, 4, 3
+x = sp.MatrixSymbol("x", d, 1)
+xr = sp.MatrixSymbol("xr", 1, d)  # a row-vector datum
+yv = sp.MatrixSymbol("yv", k, 1)  # one-hot target
+label = sp.Symbol("label", integer=True)
+W1, b1 = sp.MatrixSymbol("W1", m, d), sp.MatrixSymbol("b1", m, 1)
+W2, b2 = sp.MatrixSymbol("W2", k, m), sp.MatrixSymbol("b2", k, 1)
+V = sp.MatrixSymbol("V", d, m)
+A = sp.MatrixSymbol("A", d, d)
+alpha, lam = sp.symbols("alpha lam")
+
+
+def mlp(act):
+    h = act(W1 * x + b1)
+    return nn.cross_entropy(W2 * h + b2, label), [W1, b1, W2, b2], [x, label], []
+
+
+MODELS = {
+    "tanh_mlp": lambda: mlp(nn.tanh),
+    "relu_mlp": lambda: mlp(nn.relu),
+    "sigmoid_mlp": lambda: mlp(nn.sigmoid),
+    "softplus_mlp": lambda: mlp(nn.softplus),
+    "applyfunc_with_param": lambda: (
+        nn.cross_entropy(W2 * (W1 * x + b1).applyfunc(lambda t: sp.tanh(alpha * t)), label),
+        [W1, b1, W2, alpha], [x, label], []),
+    "onehot_ce_l2": lambda: (
+        nn.cross_entropy(W2 * nn.tanh(W1 * x), yv) + lam * nn.sum_squares(W1) + nn.mean(b1),
+        [W1, W2, b1], [x, yv], [lam]),
+    "row_vector_data": lambda: (
+        nn.sum(nn.tanh(xr * V) * W2.T) + sp.Trace(A * A.T) * 0.1,
+        [V, W2, A], [xr], []),
+    "transpose_identity_hadamard": lambda: (
+        nn.sum(sp.HadamardProduct(W1.T * W1 + sp.Identity(d), A)) + (x.T * A * x)[0, 0]
+        + nn.sum(sp.HadamardPower(W1 * x, 3)) + nn.logsumexp(nn.softmax(W2 * W1 * x)),
+        [W1, A, W2], [x], []),
+    "scalar_times_matrix_and_ones": lambda: (
+        nn.sum((alpha * W1 * x + sp.OneMatrix(m, 1)).applyfunc(sp.exp)) * alpha**2,
+        [W1, alpha], [x], []),
+}
+
+
+def _args(rng, data, consts, n):
+    out = []
+    for s in data:
+        if s == label:
+            out.append(rng.integers(0, k, n))
+        elif s == yv:
+            out.append(np.eye(k)[rng.integers(0, k, n)])
+        else:
+            r, c = s.shape
+            out.append(rng.normal(size=(n, r * c)))
+    return out + [0.05] * len(consts)
+
+
+def _params(rng, wrt, scale=0.7):
+    return [rng.normal(scale=scale, size=tuple(int(v) for v in s.shape))
+            if isinstance(s, sp.MatrixSymbol) else 0.8 for s in wrt]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_against_explicit_sympy(name, rng):
+    expr, wrt, data, consts = MODELS[name]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, consts=consts, jit=False)
+    check_against_sympy(fn, _params(rng, wrt), *_args(rng, data, consts, 6), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_equals_reverse(name, rng):
+    expr, wrt, data, consts = MODELS[name]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, consts=consts, reduce="sum", jit=False)
+    params, args = _params(rng, wrt), _args(rng, data, consts, 5)
+    _, g = fn.value_and_grad(params, *args)
+    for _ in range(3):
+        t = [rng.normal(size=np.shape(p)) if np.ndim(p) else rng.normal() for p in params]
+        _, dot = fn.jvp(params, t, *args)
+        expected = sum(float(np.sum(np.asarray(gi) * ti)) for gi, ti in zip(g, t))
+        assert dot == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def mnist_like():
+    """The issue's 784-256-10 relu network at real size, compiled once (jit)."""
+    D, M, K = 784, 64, 10
+    X = sp.MatrixSymbol("X", D, 1)
+    P1, c1 = sp.MatrixSymbol("P1", M, D), sp.MatrixSymbol("c1", M, 1)
+    P2, c2 = sp.MatrixSymbol("P2", K, M), sp.MatrixSymbol("c2", K, 1)
+    loss = nn.cross_entropy(P2 * nn.relu(P1 * X + c1) + c2, label) + 1e-4 * nn.sum_squares(P1)
+    fn = gradc.compile(loss, wrt=[P1, c1, P2, c2], data=[X, label])
+    rng = np.random.default_rng(3)
+    params = [rng.normal(scale=0.05, size=(M, D)), rng.normal(scale=0.1, size=(M, 1)),
+              rng.normal(scale=0.1, size=(K, M)), np.zeros((K, 1))]
+    data = (rng.normal(size=(50, D)), rng.integers(0, K, 50))
+    return fn, params, data
+
+
+def test_real_size_finite_differences(mnist_like):
+    fn, params, data = mnist_like
+    v, g = fn.value_and_grad(params, *data)
+    assert [a.shape for a in g] == [p.shape for p in params]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        u = [rng.normal(size=p.shape) for p in params]
+        eps = 1e-6
+        fp = fn.value([p + eps * ui for p, ui in zip(params, u)], *data)
+        fm = fn.value([p - eps * ui for p, ui in zip(params, u)], *data)
+        fd = (fp - fm) / (2 * eps)
+        an = sum(float(np.sum(gi * ui)) for gi, ui in zip(g, u))
+        assert an == pytest.approx(fd, rel=1e-5, abs=1e-7)
+        _, dot = fn.jvp(params, u, *data)
+        assert dot == pytest.approx(an, rel=1e-10)
+
+
+def test_jit_matches_python_path(mnist_like):
+    fn, params, data = mnist_like
+    py = gradc.compile(fn.expr, wrt=fn.wrt, data=fn.data, jit=False)
+    v, g = fn.value_and_grad(params, *data)
+    vp, gp = py.value_and_grad(params, *data)
+    assert v == pytest.approx(vp, rel=1e-13)
+    for a, b in zip(g, gp):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = sp.MatrixSymbol("z", 3, 1)
+    fn = gradc.compile(nn.cross_entropy(z, label), wrt=[z], data=[label], reduce="sum", jit=False)
+    logits = np.array([[1000.0], [0.0], [-1000.0]])
+    v, (g,) = fn.value_and_grad([logits], np.array([1]))
+    assert v == pytest.approx(1000.0)
+    np.testing.assert_allclose(g[:, 0], [1.0, -1.0, 0.0], atol=1e-300)
+    v, (g,) = fn.value_and_grad([logits], np.array([0]))
+    assert v == 0.0 and np.all(np.isfinite(g))
+    fn2 = gradc.compile(nn.logsumexp(z) + nn.sum(nn.softmax(z)), wrt=[z], jit=False)
+    v, (g,) = fn2.value_and_grad([np.full((3, 1), 1e3)])
+    assert v == pytest.approx(1e3 + np.log(3) + 1.0)
+    np.testing.assert_allclose(g[:, 0], [1 / 3] * 3, rtol=1e-12)
+
+
+def test_softplus_and_sigmoid_are_stable():
+    z = sp.MatrixSymbol("z", 2, 1)
+    fn = gradc.compile(nn.sum(nn.softplus(z)) + nn.sum(nn.sigmoid(z)), wrt=[z], jit=False)
+    v, (g,) = fn.value_and_grad([np.array([[800.0], [-800.0]])])
+    assert v == pytest.approx(801.0) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(g[:, 0], [1.0, 0.0], atol=1e-300)
+
+
+def test_reduce_none_gives_per_example_values_but_no_matrix_gradients(rng):
+    expr, wrt, data, consts = MODELS["tanh_mlp"]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, reduce=None, jit=False)
+    params, args = _params(rng, wrt), _args(rng, data, consts, 4)
+    vals = fn.value(params, *args)
+    mean = gradc.compile(expr, wrt=wrt, data=data, jit=False).value(params, *args)
+    assert vals.shape == (4,) and np.mean(vals) == pytest.approx(mean, rel=1e-13)
+    with pytest.raises(GradcError, match="per-example gradients of matrices"):
+        fn.grad(params, *args)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: gradc.compile(nn.tanh(W1 * x), wrt=[W1], data=[x]), "must be a scalar"),
+        (lambda: gradc.compile(nn.sum(W1), wrt=[W1], data=[sp.MatrixSymbol("D", 2, 2)]),
+         "per-example data must be a vector"),
+        (lambda: gradc.compile(nn.sum(sp.MatrixSymbol("Q", sp.Symbol("n"), 1)),
+                               wrt=[sp.MatrixSymbol("Q", sp.Symbol("n"), 1)]), "symbolic shape"),
+        (lambda: gradc.compile(nn.sum(x * x.T) + nn.sum(W1), wrt=[W1], data=[x]), "outer product"),
+        (lambda: nn.cross_entropy(W2 * x, label), "not aligned"),
+        (lambda: nn.cross_entropy(b2, W1), "shape"),
+        (lambda: nn.sum(alpha), "needs a matrix expression"),
+        (lambda: gradc.compile(nn.sum(sp.Inverse(A)), wrt=[A]), "Inverse"),
+    ],
+)
+def test_shape_and_class_errors(make, match):
+    with pytest.raises((GradcError, ShapeError), match=match):
+        make()
+
+
+def test_argument_errors():
+    expr, wrt, data, _ = MODELS["tanh_mlp"]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, jit=False)
+    rng = np.random.default_rng(0)
+    params, (X, L) = _params(rng, wrt), _args(rng, data, [], 4)
+    with pytest.raises(GradcError, match=r"params W1: expected shape \(4, 3\), got \(3, 4\)"):
+        fn.value([params[0].T] + params[1:], X, L)
+    with pytest.raises(GradcError, match="must be a sequence of 4 values"):
+        fn.value(params[:3], X, L)
+    with pytest.raises(GradcError, match=r"data x: expected shape \(n, 3\)"):
+        fn.value(params, X[:, :2], L)
+    with pytest.raises(GradcError, match=r"labels must be in 0..2 \(there are 3 classes\)"):
+        fn.value(params, X, np.array([0, 1, 3, 0]))
+    with pytest.raises(GradcError, match="labels must be integers"):
+        fn.value(params, X, np.array([0, 1, 1.5, 0]))
+    # vectors may be given flat, data as (n, L, 1)
+    flat = [params[0], params[1].ravel(), params[2], params[3].ravel()]
+    assert fn.value(flat, X[:, :, None], L) == fn.value(params, X, L)
