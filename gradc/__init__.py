@@ -15,4 +15,30 @@ from .errors import GradcError  # noqa: E402
 from .compiled import CompiledFunction, compile  # noqa: E402
 from . import nn, optim, planner  # noqa: E402
 
-__all__ = ["CompiledFunction", "GradcError", "compile", "nn", "optim", "planner", "__version__"]
+__all__ = ["CompiledFunction", "GradcError", "compile", "plan", "nn", "optim", "planner", "__version__"]
+
+
+def plan(expr, wrt, data=(), consts=(), memory=None):
+    """Plan the Jacobian of ``expr`` with respect to ``wrt`` without compiling kernels.
+
+    Returns a :class:`gradc.planner.report.Plan`: forward, reverse and optimal cost in
+    flops, memory, predicted time and the chosen bracketing.  Data symbols are treated as
+    fixed (one Jacobian per example).
+
+    Examples
+    --------
+    >>> import sympy as sp, gradc
+    >>> from gradc import nn
+    >>> x = sp.MatrixSymbol("x", 100, 1); W = sp.MatrixSymbol("W", 3, 100)
+    >>> p = gradc.plan(nn.sum(nn.tanh(W * x)), wrt=[x], consts=[W])
+    >>> p.bracketing
+    'ADJ(F3..F1)'
+    """
+    from .frontend import lower
+    from .planner import jacobian_chain
+    from .planner.extract import extract_chain
+    from .planner.report import Plan
+
+    prog = lower(expr, list(wrt), (), list(data) + list(consts))
+    chain = extract_chain(prog)
+    return Plan.from_chain(chain, jacobian_chain([c.piece for c in chain], memory=memory))

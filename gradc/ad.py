@@ -35,8 +35,11 @@ def active_set(prog: Program) -> set:
     return active
 
 
-def jvp_program(prog: Program) -> Program:
+def jvp_program(prog: Program, sweeps: bool = False) -> Program:
     """Forward mode: primal outputs, then their tangents along the ``tangent`` inputs.
+
+    With ``sweeps`` the tangent inputs are batched: many tangents pushed through one
+    (batch-invariant) primal evaluation at once, as for the columns of a Jacobian.
 
     Examples
     --------
@@ -59,7 +62,7 @@ def jvp_program(prog: Program) -> Program:
     active = active_set(prog)
     tangent = {}
     for inp in prog.inputs_of("param"):
-        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, False)
+        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, sweeps)
     for e in prog.eqns:
         if e.out.id not in active:
             continue
@@ -97,13 +100,16 @@ def unbroadcast(b, ct, var, per_example_ct=False, per_example=False):
     return ct
 
 
-def vjp_program(prog: Program, seed: str = "one", per_example: bool = False) -> Program:
+def vjp_program(prog: Program, seed: str = "one", per_example: bool = False,
+                sweeps: bool = False) -> Program:
     """Reverse mode: the primal output, then its gradient for each ``param`` input.
 
     ``seed="one"`` seeds the output's cotangent with the literal 1; ``seed="input"`` adds a
     ``cotangent`` input instead (a vector-Jacobian product).  With ``per_example`` the
     cotangents of batch-invariant values are not summed over the batch: the gradients
-    come back per example (for scalar programs with per-example outputs).
+    come back per example (for scalar programs with per-example outputs).  With
+    ``sweeps`` the cotangent input is batched (many cotangents at once, as for the rows of
+    a Jacobian) and the gradients come back per sweep.
 
     Examples
     --------
@@ -124,7 +130,10 @@ def vjp_program(prog: Program, seed: str = "one", per_example: bool = False) -> 
     (out,) = prog.outputs
     b = Builder(prog)
     active = active_set(prog)
-    seed_atom = Lit(1.0) if seed == "one" else b.add_input("cotangent", "ct", 0)
+    if sweeps:
+        per_example = True
+    seed_atom = Lit(1.0) if seed == "one" else b.add_input(
+        "cotangent", "ct", 0, out.shape if isinstance(out, Var) else (), sweeps)
     contribs: dict[int, list] = {}
     if isinstance(out, Var) and out.id in active:
         contribs[out.id] = [seed_atom]

@@ -150,14 +150,15 @@ class Kernels(types.SimpleNamespace):
     """The compiled kernels of one function: ``value``, ``value_and_grad``, ``grad``, ``jvp``."""
 
     def __repr__(self):
-        names = ", ".join(k for k in KERNEL_NAMES if hasattr(self, k))
+        names = ", ".join(k for k in vars(self))
         return f"Kernels({names})"
 
 
 _loaded: dict = {}
 
 
-def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Kernels:
+def load(source: str, key: str, jit: bool = True, parallel: bool = False,
+         names=KERNEL_NAMES) -> Kernels:
     """Compile (or load) the kernels in ``source``; see the module docstring."""
     from .codegen import runtime
 
@@ -168,7 +169,7 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Ker
         exec(code, module.__dict__)
         module._rt = runtime.python
         module._vm = PYTHON_VMATH
-        return Kernels(**{k: getattr(module, k) for k in KERNEL_NAMES if hasattr(module, k)})
+        return Kernels(**{k: getattr(module, k) for k in names if hasattr(module, k)})
     cached = _loaded.get((key, parallel))
     if cached is not None:
         return cached
@@ -178,7 +179,7 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False) -> Ker
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    names = [k for k in KERNEL_NAMES if hasattr(module, k)]
+    names = [k for k in names if hasattr(module, k)]
     for k in names:
         setattr(module, k, njit(getattr(module, k), parallel=parallel))
     kernels = Kernels(**{k: getattr(module, k) for k in names})

@@ -85,7 +85,9 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
         prog = lower(expr, wrt, data, consts, reduce)
         per_example = reduce is None and bool(data)
         scalar = all(not i.var.shape for i in prog.inputs) and all(not e.out.shape for e in prog.eqns)
-        vjp = vjp_program(prog, per_example=per_example) if scalar or not per_example else None
+        scalar_out = not getattr(prog.outputs[0], "shape", ())
+        vjp = (vjp_program(prog, per_example=per_example)
+               if scalar_out and (scalar or not per_example) else None)
         source = generate(prog, vjp, jvp_program(prog), reduce, title=short(expr, 200),
                           version=__version__)
     kernels = backend.load(source, key, jit=jit)
@@ -141,6 +143,9 @@ class CompiledFunction:
         self.jit = jit
         self.scalar_params = all(not isinstance(s, sp.MatrixSymbol) for s in self.wrt)
         self._labels = _label_ranges(expr)
+        self.output_shape = (tuple(int(d) for d in expr.shape)
+                             if isinstance(expr, sp.MatrixExpr) else ())
+        self._engine = None
 
     def __repr__(self):
         def names(syms):
@@ -271,6 +276,11 @@ class CompiledFunction:
 
     def _kernel(self, name):
         kernel = getattr(self.kernels, name, None)
+        if kernel is None and self.output_shape not in ((), (1, 1)):
+            raise GradcError(
+                f"{name} needs a scalar output; this function's output is a "
+                f"{self.output_shape[0]}x{self.output_shape[1]} matrix: use jacobian"
+            )
         if kernel is None:
             raise GradcError(
                 f"{name} is not available for reduce=None with matrix parameters: per-example "
@@ -298,3 +308,52 @@ class CompiledFunction:
             self.kernels.jvp, self._params(params, "params"), self._params(tangent, "tangent"),
             *self._args(args),
         )
+
+    # -- Jacobians ---------------------------------------------------------------------------
+    @property
+    def engine(self):
+        """The :class:`gradc.jacobian.JacobianEngine` (built on first use)."""
+        if self._engine is None:
+            from .jacobian import JacobianEngine
+
+            prog = lower(self.expr, self.wrt, (), self.data + self.consts)
+            self._engine = JacobianEngine(prog, jit=self.jit)
+        return self._engine
+
+    @property
+    def plan(self):
+        """The :class:`gradc.planner.report.Plan`: forward vs reverse vs optimal costs."""
+        from .planner.report import Plan
+
+        eng = self.engine
+        return Plan.from_chain(eng.chain, eng.plan)
+
+    def jacobian(self, params, *args, mode="auto"):
+        """The Jacobian of the flattened output with respect to the flattened, concatenated
+        ``wrt`` (shape ``(n_out, n_in)``; with data, one per example: ``(n, n_out, n_in)``).
+
+        ``mode`` is ``"auto"`` (the plan predicted fastest on this machine),
+        ``"forward"``, ``"reverse"`` or ``"optimal"``; all give the same Jacobian to rounding.
+        """
+        modes = ("auto", "forward", "reverse", "optimal")
+        if mode not in modes:
+            raise GradcError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
+        eng = self.engine
+        if mode == "auto":
+            mode = self.plan.auto
+        p = self._params(params, "params")
+        if self.scalar_params:
+            p = tuple(float(v) for v in p)
+        p = tuple(np.ascontiguousarray(v).reshape(_shape(s)) if _shape(s) not in ((), (1, 1))
+                  else float(np.asarray(v).reshape(-1)[0]) for s, v in zip(self.wrt, p))
+        vals = self._args(args)
+        nd = len(self.data)
+        consts = vals[nd:]
+        with np.errstate(all="ignore"):
+            if not self.data:
+                return eng.evaluate(p, consts, mode)
+            out = []
+            for i in range(vals[0].shape[0]):
+                per = [self._value(s, d[i], f"data {s}") for s, d in zip(self.data, vals[:nd])]
+                out.append(eng.evaluate(p, per + list(consts), mode))
+        return np.stack(out)

@@ -96,7 +96,7 @@ def ir_shape(m):
     return () if (r, c) == (1, 1) else (r, c)
 
 
-def check_roles(expr, wrt, data, consts):
+def check_roles(expr, wrt, data, consts, scalar=False):
     """Validate the symbol roles; return them as tuples of sympy Symbols."""
     roles = {}
     for role, syms in (("wrt", wrt), ("data", data), ("consts", consts)):
@@ -121,7 +121,7 @@ def check_roles(expr, wrt, data, consts):
                 raise GradcError(f"symbol {s} appears in {where}")
             roles[s] = role
     if isinstance(expr, sp.MatrixExpr):
-        if matrix_shape(expr) != (1, 1):
+        if scalar and matrix_shape(expr) != (1, 1):
             raise GradcError(
                 f"the expression must be a scalar (a loss); got a "
                 f"{'x'.join(map(str, matrix_shape(expr)))} matrix: reduce it, for example "

@@ -181,10 +181,14 @@ class ArrayKernel(KernelWriter):
         for kind, atoms in groups:
             if kind == "scalar":
                 (a,) = atoms
-                if isinstance(a, Lit) or not a.batched:
+                if isinstance(a, Lit):
                     parts.append(f"float({self.name(a)})")
-                else:
+                elif a.batched:
                     parts.append(self.name(a))
+                elif a.shape:  # a matrix-valued result
+                    parts.append(f"np.ascontiguousarray({self.name(a)}).reshape({a.shape})")
+                else:
+                    parts.append(f"float({self.name(a)})")
             else:
                 items = [self.grad_value(a, inp) for a, inp in zip(atoms, params)]
                 parts.append("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
