@@ -265,6 +265,6 @@ def _split_rows(S, inputs):
     out, k = [], 0
     for v in inputs:
         w = _size(v)
-        out.append(np.ascontiguousarray(S[:, k:k + w]))
+        out.append(np.ascontiguousarray(S[:, k:k + w] if v.shape else S[:, k]))
         k += w
     return tuple(out)

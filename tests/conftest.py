@@ -12,6 +12,10 @@ if "GRADC_CACHE_DIR" not in os.environ:
     os.environ["GRADC_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradc-test-cache-")
 
 
+# Jacobian mode "auto" uses fixed default rates in tests (reproducible choices).
+os.environ.setdefault("GRADC_CALIBRATION", "off")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

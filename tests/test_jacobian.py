@@ -1,0 +1,107 @@
+"""Jacobians: forward = reverse = optimal = finite differences; plans; errors."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc
+from gradc import GradcError, nn
+
+widths = [7, 3, 6, 2, 5]
+x = sp.MatrixSymbol("x", widths[0], 1)
+Ws = [sp.MatrixSymbol(f"W{i}", widths[i], widths[i - 1]) for i in range(1, len(widths))]
+
+
+def network():
+    F = x
+    for W in Ws:
+        F = nn.tanh(W * F)
+    return F
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(widths[i], widths[i - 1])) for i in range(1, len(widths))]
+
+
+def _fd(f, p, eps=1e-6):
+    cols = []
+    for i in range(p.size):
+        e = np.zeros_like(p)
+        e.flat[i] = eps
+        cols.append((np.ravel(f(p + e)) - np.ravel(f(p - e))) / (2 * eps))
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_all_modes_agree_with_finite_differences(weights, jit):
+    fn = gradc.compile(network(), wrt=[x], consts=Ws, jit=jit)
+    xv = np.random.default_rng(1).normal(size=(widths[0], 1))
+    fd = _fd(lambda p: fn.value([p], *weights), xv)
+    # jit: one plan's kernels (each mode compiles its own sweep kernels, ~2 s each)
+    modes = ("optimal",) if jit else ("forward", "reverse", "optimal", "auto")
+    Js = {m: fn.jacobian([xv], *weights, mode=m) for m in modes}
+    Js["reverse"] = gradc.compile(network(), wrt=[x], consts=Ws, jit=False).jacobian(
+        [xv], *weights, mode="reverse")
+    for m, J in Js.items():
+        assert J.shape == (widths[-1], widths[0])
+        np.testing.assert_allclose(J, fd, rtol=1e-6, atol=1e-8, err_msg=m)
+        np.testing.assert_allclose(J, Js["reverse"], rtol=1e-12, atol=1e-14, err_msg=m)
+
+
+def test_plan_is_optimal_and_printable(weights):
+    fn = gradc.compile(network(), wrt=[x], consts=Ws, jit=False)
+    plan = fn.plan
+    cp = plan.chain_plan
+    assert cp.cost <= min(cp.forward_cost, cp.reverse_cost)
+    text = str(plan)
+    for word in ("forward", "reverse", "optimal", "bracketing", "flops", "memory"):
+        assert word in text
+    assert plan.auto in ("forward", "reverse", "optimal")
+    assert [c.kind for c in plan.chain] == ["explicit", "diagonal"] * 4
+
+
+def test_scalar_loss_plans_pure_reverse_mode():
+    w = sp.MatrixSymbol("w", 50, 1)
+    A = sp.MatrixSymbol("A", 30, 50)
+    plan = gradc.plan(nn.sum(nn.tanh(A * w)) + nn.sum_squares(w), wrt=[w], consts=[A])
+    cp = plan.chain_plan
+    assert cp.cost == cp.reverse_cost < cp.forward_cost
+    assert cp.bracketing.startswith("ADJ(")
+
+
+def test_per_example_jacobians_with_data_and_several_wrt():
+    a, b = sp.MatrixSymbol("a", 3, 1), sp.Symbol("b")
+    d = sp.MatrixSymbol("d", 3, 1)
+    W = sp.MatrixSymbol("W", 2, 3)
+    F = nn.tanh(W * sp.HadamardProduct(a, d) + b * sp.OneMatrix(2, 1))
+    fn = gradc.compile(F, wrt=[a, b], data=[d], consts=[W], jit=False)
+    rng = np.random.default_rng(2)
+    av, bv, Wv = rng.normal(size=(3, 1)), 0.3, rng.normal(size=(2, 3))
+    D = rng.normal(size=(4, 3))
+    J = fn.jacobian([av, bv], D, Wv, mode="optimal")
+    assert J.shape == (4, 2, 4)
+    for i in range(4):
+        def f(p, i=i):
+            return np.tanh(Wv @ (p[:3] * D[i]) + p[3])
+
+        fd = _fd(f, np.concatenate([av[:, 0], [bv]]))
+        np.testing.assert_allclose(J[i], fd, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(fn.jacobian([av, bv], D, Wv, mode="forward")[i], J[i],
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_errors(weights):
+    fn = gradc.compile(network(), wrt=[x], consts=Ws, jit=False)
+    with pytest.raises(GradcError, match="mode must be one of"):
+        fn.jacobian([np.zeros((7, 1))], *weights, mode="sideways")
+    M = sp.MatrixSymbol("M", 2, 2)
+    with pytest.raises(GradcError, match="2x2 matrix"):
+        gradc.plan(nn.tanh(M), wrt=[M])
+
+
+def test_memory_limit_is_respected():
+    plan = gradc.plan(network(), wrt=[x], consts=Ws, memory=3)
+    assert plan.chain_plan.peak_tape <= 3
+    assert plan.chain_plan.reverse_cost is None  # pure reverse needs more tape
