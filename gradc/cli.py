@@ -7,7 +7,8 @@ Contract
 the Python file: a :class:`gradc.CompiledFunction`, a dict of :func:`gradc.compile`
 arguments (``expr``, ``wrt``, ``data``, ``consts``), or a function returning either.
 ``gradc compare FILE.py:NAME`` also compiles every mode, times it on random inputs of the
-right shapes and prints predicted against measured time.
+right shapes and prints predicted against measured time.  ``gradc export FILE.py:NAME -o
+OUT.py`` writes the kernels as a standalone module (:mod:`gradc.export`).
 
 Every subcommand returns exit status 0 on success; a :class:`gradc.GradcError` prints its
 message and exits with status 2, never a traceback.
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
         p.add_argument("--memory", type=float, default=None, help="tape memory limit (words)")
         if name == "compare":
             p.add_argument("--repeat", type=int, default=7, help="timed runs per mode")
+    ex = sub.add_parser("export", help="write FILE.py:NAME's kernels as a standalone module")
+    ex.add_argument("target", help="FILE.py:NAME")
+    ex.add_argument("-o", "--output", required=True, help="the module file to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -44,9 +48,16 @@ def main(argv=None) -> int:
             fn_args = load_target(args.target)
             from . import plan
 
+            fn_args.pop("fn", None)
             print(plan(**fn_args, memory=args.memory))
         elif args.command == "compare":
             compare(load_target(args.target), repeat=args.repeat)
+        elif args.command == "export":
+            from . import compile as gradc_compile
+
+            target = load_target(args.target)
+            fn = target.pop("fn", None) or gradc_compile(**target)
+            print(f"wrote {fn.export(args.output)}")
     except GradcError as e:
         print(f"gradc: error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +85,8 @@ def load_target(target: str) -> dict:
     if callable(obj) and not isinstance(obj, (CompiledFunction, sp.Basic)):
         obj = obj()
     if isinstance(obj, CompiledFunction):
-        return {"expr": obj.expr, "wrt": obj.wrt, "data": obj.data, "consts": obj.consts}
+        return {"expr": obj.expr, "wrt": obj.wrt, "data": obj.data, "consts": obj.consts,
+                "fn": obj}
     if isinstance(obj, dict) and "expr" in obj and "wrt" in obj:
         return {k: obj.get(k, ()) for k in ("expr", "wrt", "data", "consts")}
     raise GradcError(

@@ -34,7 +34,7 @@ from .frontend import check_roles, lower, postorder, structural_key
 REDUCTIONS = ("mean", "sum", None)
 
 
-def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A001
+def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=False):  # noqa: A001
     """Compile a scalar sympy expression into value and gradient kernels.
 
     Parameters
@@ -54,6 +54,9 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
         them per example.
     jit : bool
         ``False`` runs the same generated source as plain Python, for debugging.
+    parallel : bool
+        Split the batch across threads (numba ``prange``); the results are the same as
+        without (sums over the batch are added in a fixed order).
 
     Returns
     -------
@@ -78,7 +81,7 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
     wrt, data, consts = check_roles(expr, wrt, data, consts)
     key = backend.make_key(
         structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
-        repr(reduce),
+        repr(reduce), repr(bool(parallel)),
     )
     source = backend.lookup(key) if jit else None
     if source is None:
@@ -89,9 +92,14 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True):  # noqa: A0
         vjp = (vjp_program(prog, per_example=per_example)
                if scalar_out and (scalar or not per_example) else None)
         source = generate(prog, vjp, jvp_program(prog), reduce, title=short(expr, 200),
-                          version=__version__)
-    kernels = backend.load(source, key, jit=jit)
-    return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit)
+                          version=__version__, parallel=bool(parallel))
+    kernels = backend.load(source, key, jit=jit, parallel=bool(parallel))
+    return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
+                            bool(parallel))
+
+
+def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
+    return compile(expr, wrt, data, consts, reduce=reduce, jit=jit, parallel=parallel)
 
 
 def _plain(x):
@@ -132,7 +140,8 @@ class CompiledFunction:
         float64 array when all are scalars, else a tuple).
     """
 
-    def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit):
+    def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit, parallel=False):
+        self.parallel = parallel
         self.expr = expr
         self.wrt = tuple(wrt)
         self.data = tuple(data)
@@ -156,8 +165,14 @@ class CompiledFunction:
         return (
             f"CompiledFunction({short(self.expr, 60)}, wrt={names(self.wrt)}, "
             f"data={names(self.data)}, consts={names(self.consts)}, reduce={self.reduce!r}, "
-            f"jit={self.jit})"
+            f"jit={self.jit}" + (", parallel=True" if self.parallel else "") + ")"
         )
+
+    def __reduce__(self):
+        # Pickled as the compile call: another process rebuilds from the disk cache
+        # (source and machine code), without the sympy work.
+        return (_rebuild, (self.expr, self.wrt, self.data, self.consts, self.reduce,
+                           self.jit, self.parallel))
 
     # -- argument checking ------------------------------------------------------------------
     def _params(self, values, what):
@@ -308,6 +323,13 @@ class CompiledFunction:
             self.kernels.jvp, self._params(params, "params"), self._params(tangent, "tangent"),
             *self._args(args),
         )
+
+    def export(self, path):
+        """Write the kernels as a standalone module needing only numpy and numba
+        (see :mod:`gradc.export`); returns the path."""
+        from .export import export
+
+        return export(self, path)
 
     # -- Jacobians ---------------------------------------------------------------------------
     @property

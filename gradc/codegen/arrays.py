@@ -74,10 +74,11 @@ class ArrayKernel(KernelWriter):
         stored = [e for e in group if e.out.id in used_later or e.out.id in self.out_ids]
         isb, extent = _space(last.out)
         lines = [s for e in stored for s in self.alloc(e.out)]
+        outer = "prange" if self.parallel else "range"
         if isb and extent:
-            idx, loops = "i, j", [f"for i in range(n):", f"    for j in range({extent}):"]
+            idx, loops = "i, j", [f"for i in {outer}(n):", f"    for j in range({extent}):"]
         elif isb:
-            idx, loops = "i", ["for i in range(n):"]
+            idx, loops = "i", [f"for i in {outer}(n):"]
         elif extent:
             r, c = extent
             idx, loops = "p, q", [f"for p in range({r}):", f"    for q in range({c}):"]

@@ -50,6 +50,7 @@ reduce = {reduce!r}.
 import math
 
 import numpy as np
+from numba import prange
 
 from gradc.codegen import runtime as _rt
 from gradc.codegen import vmath as _vm
@@ -109,7 +110,9 @@ def is_scalar_program(*progs) -> bool:
 class KernelWriter:
     """What both kernel writers share: names, signature, prologue, the return statement."""
 
-    def __init__(self, prog, fname, doc, params, data, consts, printer, tuple_params):
+    def __init__(self, prog, fname, doc, params, data, consts, printer, tuple_params,
+                 parallel=False):
+        self.parallel = parallel
         self.prog, self.fname, self.doc = prog, fname, doc
         self.params, self.data, self.consts = params, data, consts
         self.printer = printer
@@ -123,7 +126,27 @@ class KernelWriter:
     def header(self):
         args = ["params"] + (["tangent"] if self.fname == "jvp" else [])
         args += [self.name(i.var) for i in self.data] + [self.name(i.var) for i in self.consts]
-        return [f"def {self.fname}({', '.join(args)}):", f'    """{self.doc}"""']
+        return [f"def {self.fname}({', '.join(args)}):", f'    """{self.doc}', "",
+                *("    " + line for line in self.arg_doc()), '    """']
+
+    def arg_doc(self):
+        """One line per argument: name, shape, meaning (for readers of the source)."""
+        def kind(inp):
+            return f"{inp.var.shape[0]}x{inp.var.shape[1]}" if inp.var.shape else "scalar"
+
+        if self.tuple_params:
+            plist = "tuple (" + ", ".join(f"{i.name} {kind(i)}" for i in self.params) + ")"
+        else:
+            plist = f"float64[{len(self.params)}] ({', '.join(i.name for i in self.params)})"
+        lines = [f"params: {plist}"]
+        if self.fname == "jvp":
+            lines.append("tangent: the direction, laid out like params")
+        for i in self.data:
+            shape = f"(n, {i.var.shape[0] * i.var.shape[1]})" if i.var.shape else "(n,)"
+            lines.append(f"{self.name(i.var)}: float64 {shape}, data {i.name}, one row per example")
+        for i in self.consts:
+            lines.append(f"{self.name(i.var)}: {kind(i)} const {i.name}")
+        return lines
 
     def prologue(self):
         lines = []
@@ -202,19 +225,27 @@ class ScalarKernel(KernelWriter):
         return pre, loop, post, sums
 
     def reduced_loop(self, loads, body, terms):
+        """Chunks of CHUNK examples; each chunk's sums go to its own row of ``part``, and
+        the rows are added in chunk order, so the result does not depend on threads."""
         ind = "    "
         k = len(terms)
-        lines = [
-            f"{ind}acc = np.zeros({k})",
-            f"{ind}buf = np.empty(({k}, CHUNK))",
-            f"{ind}for start in range(0, n, CHUNK):",
+        alloc = f"buf = np.empty(({k}, CHUNK))"
+        lines = [f"{ind}nchunks = (n + CHUNK - 1) // CHUNK", f"{ind}part = np.empty((nchunks, {k}))"]
+        if not self.parallel:
+            lines.append(ind + alloc)
+        lines += [f"{ind}for c in {'prange' if self.parallel else 'range'}(nchunks):"]
+        if self.parallel:
+            lines.append(ind * 2 + alloc)
+        lines += [
+            f"{ind * 2}start = c * CHUNK",
             f"{ind * 2}m = min(CHUNK, n - start)",
             f"{ind * 2}for j in range(m):",
             f"{ind * 3}i = start + j",
         ]
         lines += [ind * 3 + s for s in loads + body]
         lines += [f"{ind * 3}buf[{q}, j] = {t}" for q, t in enumerate(terms)]
-        lines += [f"{ind * 2}for q in range({k}):", f"{ind * 3}acc[q] += _rt.vsum(buf[q], m)"]
+        lines += [f"{ind * 2}for q in range({k}):", f"{ind * 3}part[c, q] = _rt.vsum(buf[q], m)"]
+        lines.append(f"{ind}acc = _rt.colsum(part)")
         return lines
 
     def per_example_loop(self, groups, loads, body, out_names):
@@ -228,7 +259,7 @@ class ScalarKernel(KernelWriter):
                 lines.append(f"{ind}out{g} = np.empty((n, {len(atoms)}))")
                 stores += [f"out{g}[i, {j}] = {out_names[k + j]}" for j in range(len(atoms))]
             k += len(atoms)
-        lines.append(f"{ind}for i in range(n):")
+        lines.append(f"{ind}for i in {'prange' if self.parallel else 'range'}(n):")
         lines += [ind * 2 + s for s in loads + body + stores]
         rets = [f"out{g}" for g in range(len(groups))]
         lines.append(f"{ind}return {', '.join(rets)}")
@@ -248,7 +279,8 @@ class ScalarKernel(KernelWriter):
 class ModuleWriter:
     """Writes the kernel functions of one compiled function."""
 
-    def __init__(self, value_prog, vjp_prog, jvp_prog, reduce, printer=None):
+    def __init__(self, value_prog, vjp_prog, jvp_prog, reduce, printer=None, parallel=False):
+        self.parallel = parallel
         self.progs = {"value": value_prog, "value_and_grad": vjp_prog, "jvp": jvp_prog}
         self.reduce = reduce
         self.printer = printer or KernelPrinter()
@@ -265,7 +297,7 @@ class ModuleWriter:
         else:
             from .arrays import ArrayKernel as cls
         return cls(prog, fname, doc, self.params, self.data, self.consts, self.printer,
-                   tuple_params=not self.scalar)
+                   tuple_params=not self.scalar, parallel=self.parallel)
 
     def kernels(self):
         per = " per example" if self.per_example else ""
@@ -307,6 +339,13 @@ class ModuleWriter:
         return "\n\n\n".join([head] + self.kernels()) + "\n"
 
 
-def generate(value_prog, vjp_prog, jvp_prog, reduce, title="", version="") -> str:
-    """Return the kernel module source for one compiled function."""
-    return ModuleWriter(value_prog, vjp_prog, jvp_prog, reduce).module(title, version)
+def generate(value_prog, vjp_prog, jvp_prog, reduce, title="", version="",
+             parallel=False) -> str:
+    """Return the kernel module source for one compiled function.
+
+    With ``parallel`` the loops over the batch are ``prange`` loops (numba splits them
+    across threads); sums over the batch are formed per chunk and added in chunk order,
+    so the results are the same as without.
+    """
+    return ModuleWriter(value_prog, vjp_prog, jvp_prog, reduce,
+                        parallel=parallel).module(title, version)

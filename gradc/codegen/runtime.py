@@ -11,7 +11,7 @@ the derivatives.
 
 from __future__ import annotations
 
-import types
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -67,7 +67,7 @@ def vsum(buf, m):
 _NAMES = ("sign", "heaviside", "maximum", "minimum", "softplus", "vsum")
 
 #: The plain-Python versions, for kernels run with ``jit=False``.
-python = types.SimpleNamespace(**{n: globals()[n] for n in _NAMES})
+python = SimpleNamespace(**{n: globals()[n] for n in _NAMES})
 
 for _n in _NAMES:
     globals()[_n] = _jit(globals()[_n])
