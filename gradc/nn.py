@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.matrices.expressions import HadamardPower, HadamardProduct, OneMatrix
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from .errors import GradcError, short
 
 __all__ = [
-    "MatSum", "LogSumExp", "Pick", "Logistic", "Softplus", "relu", "sigmoid", "softplus",
+    "MatSum", "LogSumExp", "Pick", "Logistic", "Softplus", "Elementwise", "relu", "sigmoid", "softplus",
     "tanh", "softmax", "logsumexp", "cross_entropy", "sum", "mean", "sum_squares",
 ]
 
@@ -68,7 +69,10 @@ class MatSum(_ScalarOfMatrix):
         return super().__new__(cls, _matrix(m, "sum"))
 
     def _sympystr(self, printer):
-        return f"sum({printer._print(self.args[0])})"
+        a = self.args[0]
+        if isinstance(a, HadamardPower) and a.args[1] == 2:
+            return f"sum_squares({printer._print(a.args[0])})"
+        return f"sum({printer._print(a)})"
 
 
 class LogSumExp(_ScalarOfMatrix):
@@ -95,7 +99,10 @@ class Pick(_ScalarOfMatrix):
         return super().__new__(cls, z, label)
 
     def _sympystr(self, printer):
-        return f"{printer._print(self.args[0])}[{printer._print(self.args[1])}]"
+        z = printer._print(self.args[0])
+        if not isinstance(self.args[0], sp.MatrixSymbol):
+            z = f"({z})"
+        return f"{z}[{printer._print(self.args[1])}]"
 
 
 class Logistic(sp.Function):
@@ -134,11 +141,32 @@ class Softplus(sp.Function):
         return self.args[0].is_real
 
 
+class Elementwise(ElementwiseApplyFunction):
+    """``f`` applied to every element of a matrix expression (sympy's
+    ``ElementwiseApplyFunction``), printed as ``f(M)`` for the functions of this module."""
+
+    def _name(self):
+        t = self.function.variables[0]
+        body = self.function.expr
+        if body == sp.Max(t, 0):
+            return "relu"
+        if isinstance(body, sp.Function) and body.args == (t,):
+            return {"Logistic": "sigmoid", "Softplus": "softplus"}.get(
+                type(body).__name__, type(body).__name__)
+        return None
+
+    def _sympystr(self, printer):
+        name = self._name()
+        if name is None:
+            return f"{printer._print(self.function)}.({printer._print(self.expr)})"
+        return f"{name}({printer._print(self.expr)})"
+
+
 def _elementwise(f, x):
     x = sp.sympify(x)
     if isinstance(x, sp.MatrixExpr):
         t = sp.Dummy("t", real=True)
-        return x.applyfunc(sp.Lambda(t, f(t)))
+        return Elementwise(sp.Lambda(t, f(t)), x)
     return f(x)
 
 
@@ -171,7 +199,7 @@ def softmax(z):
     """exp(z - logsumexp(z)): probabilities that sum to 1, computed without overflow."""
     z = _matrix(z, "softmax")
     r, c = z.shape
-    return (z - LogSumExp(z) * OneMatrix(r, c)).applyfunc(sp.exp)
+    return _elementwise(sp.exp, z - LogSumExp(z) * OneMatrix(r, c))
 
 
 def cross_entropy(z, label):
