@@ -324,6 +324,24 @@ class CompiledFunction:
             *self._args(args),
         )
 
+    def memory(self, n=1):
+        """Peak bytes of intermediate arrays each kernel holds at once for a batch of ``n``.
+
+        Reverse mode keeps only the forward values its backward pass reads; arrays are
+        released after their last use.
+        """
+        from .codegen.arrays import peak_words
+
+        table = self._module_constant("MEMORY")
+        return {k: 8 * int(peak_words(v, n)) for k, v in table.items()}
+
+    def _module_constant(self, name):
+        import ast
+
+        marker = f"\n{name} = "
+        text = self.source[self.source.index(marker) + len(marker):]
+        return ast.literal_eval(text.split("\n", 1)[0])
+
     def export(self, path):
         """Write the kernels as a standalone module needing only numpy and numba
         (see :mod:`gradc.export`); returns the path."""

@@ -32,6 +32,15 @@ def _space(var):
     return False, shape
 
 
+def peak_words(arrays, n):
+    """Peak float64 words live at once, for batch size n, from :meth:`ArrayKernel.live_arrays`."""
+    if not arrays:
+        return 0
+    last = max(a[3] for a in arrays)
+    return max(sum(per * n + fixed for per, fixed, lo, hi in arrays if lo <= k <= hi)
+               for k in range(last + 1))
+
+
 class ArrayKernel(KernelWriter):
     """One kernel of a matrix program; see the module docstring."""
 
@@ -41,14 +50,37 @@ class ArrayKernel(KernelWriter):
         self.out_ids = {o.id for o in outputs if isinstance(o, Var)}
         ind = "    "
         lines = self.header() + [ind + s for s in self.prologue()]
-        for stage in self.stages(eqns):
+        stages = self.stages(eqns)
+        self.stored = set()
+        for stage in stages:
             if registry[stage[0].prim].elementwise:
                 lines += [ind + s for s in self.fused(stage, eqns)]
             else:
                 (e,) = stage
                 lines += [ind + s for s in registry[e.prim].emit_array(e, self)]
+                if e.prim not in ("transpose",):
+                    self.stored.add(e.out.id)
         lines.append(ind + "return " + self.returned(groups))
+        self.memory = self.live_arrays(stages)
         return "\n".join(lines)
+
+    def live_arrays(self, stages):
+        """(words per example, fixed words, first stage, last stage) of every array the
+        kernel allocates: the input of :func:`peak_words`."""
+        where = {}
+        for k, stage in enumerate(stages):
+            for e in stage:
+                for a in e.inputs:
+                    if isinstance(a, Var) and a.id in where:
+                        where[a.id][3] = k
+                if e.out.id in self.stored and (e.out.shape or e.out.batched):
+                    size = e.out.shape[0] * e.out.shape[1] if e.out.shape else 1
+                    per, fixed = (size, 0) if e.out.batched else (0, size)
+                    where[e.out.id] = [per, fixed, k, k]
+        for i in self.out_ids:
+            if i in where:
+                where[i][3] = len(stages)
+        return tuple(tuple(v) for v in where.values())
 
     # -- grouping -------------------------------------------------------------------------
     def stages(self, eqns):
@@ -72,6 +104,7 @@ class ArrayKernel(KernelWriter):
         later = [e for e in eqns if e not in group]
         used_later = {a.id for e in later for a in e.inputs if isinstance(a, Var)}
         stored = [e for e in group if e.out.id in used_later or e.out.id in self.out_ids]
+        self.stored.update(e.out.id for e in stored)
         isb, extent = _space(last.out)
         lines = [s for e in stored for s in self.alloc(e.out)]
         outer = "prange" if self.parallel else "range"

@@ -181,6 +181,9 @@ class ScalarKernel(KernelWriter):
         outputs = [a for _, atoms in groups for a in atoms]
         eqns, needed = needed_eqns(self.prog, outputs)
         pre, loop, post, sums = self.phases(eqns)
+        k = len(sums)  # the chunk buffer and the per-chunk sums; per-example outputs
+        width = sum(len(a) for _, a in groups) if per_example else 0
+        self.memory = ((width, k * CHUNK, 0, 0), (k / CHUNK, 0, 0, 0))
         ind = "    "
         lines = self.header() + [ind + s for s in self.prologue()]
         lines += [ind + self.eqn_line(e) for e in pre]
@@ -302,20 +305,28 @@ class ModuleWriter:
     def kernels(self):
         per = " per example" if self.per_example else ""
         value, vjp, jvp = self.progs["value"], self.progs["value_and_grad"], self.progs["jvp"]
-        out = [self.writer("value", f"The value{per}.").write(
-            [("scalar", list(value.outputs))], self.per_example)]
+        self.memory = {}
+        w = self.writer("value", f"The value{per}.")
+        out = [w.write([("scalar", list(value.outputs))], self.per_example)]
+        self.memory["value"] = w.memory
         if vjp is not None:  # (no per-example gradients of matrices)
             grads = ("vector" if self.scalar else "tuple", list(vjp.outputs[1:]))
-            out.append(self.writer("value_and_grad", f"(value, gradient){per}, by reverse mode.")
-                       .write([("scalar", [vjp.outputs[0]]), grads], self.per_example))
+            w = self.writer("value_and_grad", f"(value, gradient){per}, by reverse mode.")
+            out.append(w.write([("scalar", [vjp.outputs[0]]), grads], self.per_example))
+            self.memory["value_and_grad"] = w.memory
             args = ", ".join(["params"] + [Namer(vjp)(i.var) for i in self.data + self.consts])
             out.append(
                 f"def grad({args}):\n    \"\"\"The gradient{per}, by reverse mode.\"\"\"\n"
                 f"    return value_and_grad({args})[1]"
             )
-        out.append(self.writer("jvp", f"(value, directional derivative along tangent){per}, "
-                                      "by forward mode.").write(
-            [("scalar", [jvp.outputs[0]]), ("scalar", [jvp.outputs[1]])], self.per_example))
+        w = self.writer("jvp", f"(value, directional derivative along tangent){per}, "
+                               "by forward mode.")
+        out.append(w.write([("scalar", [jvp.outputs[0]]), ("scalar", [jvp.outputs[1]])],
+                           self.per_example))
+        self.memory["jvp"] = w.memory
+        out.append("# Arrays each kernel allocates: (float64 words per example, fixed words,\n"
+                   "# first and last statement group alive); see gradc.codegen.arrays.peak_words.\n"
+                   f"MEMORY = {self.memory!r}")
         return out
 
     def module(self, title: str, version: str) -> str:
