@@ -74,6 +74,11 @@ def structural_key(expr) -> str:
     for node in postorder(expr):
         if node.args and not isinstance(node, sp.Lambda):
             body = type(node).__name__ + "(" + ",".join(str(ids[a]) for a in node.args) + ")"
+        elif isinstance(node, sp.Lambda):
+            # bound variables are renamed canonically: equal functions, equal keys
+            names = {v: sp.Symbol(f"_bound{i}", **v.assumptions0)
+                     for i, v in enumerate(node.variables)}
+            body = sp.srepr(sp.Lambda(tuple(names.values()), node.expr.xreplace(names)))
         else:
             body = sp.srepr(node)
         ids[node] = len(lines)

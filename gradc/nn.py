@@ -165,7 +165,7 @@ class Elementwise(ElementwiseApplyFunction):
 def _elementwise(f, x):
     x = sp.sympify(x)
     if isinstance(x, sp.MatrixExpr):
-        t = sp.Dummy("t", real=True)
+        t = sp.Symbol("t", real=True)  # a fixed bound variable: equal calls, equal objects
         return Elementwise(sp.Lambda(t, f(t)), x)
     return f(x)
 

@@ -83,9 +83,40 @@ class ArrayKernel(KernelWriter):
         return tuple(tuple(v) for v in where.values())
 
     # -- grouping -------------------------------------------------------------------------
+    def schedule(self, eqns):
+        """A topological order that keeps elementwise equations of one iteration space
+        together (so they fuse): when the current run can continue, continue it; else
+        run a ready structural equation; else the first ready one.  Deterministic."""
+        pos = {e.out.id: k for k, e in enumerate(eqns)}
+        deps = [{a.id for a in e.inputs if isinstance(a, Var) and a.id in pos} for e in eqns]
+        users = {}
+        for k, d in enumerate(deps):
+            for i in d:
+                users.setdefault(i, []).append(k)
+        waiting = [len(d) for d in deps]
+        ready = sorted(k for k, w in enumerate(waiting) if w == 0)
+        order, space = [], None
+        while ready:
+            pick = None
+            if space is not None:
+                pick = next((k for k in ready if registry[eqns[k].prim].elementwise
+                             and _space(eqns[k].out) == space), None)
+            if pick is None:
+                pick = next((k for k in ready if not registry[eqns[k].prim].elementwise), ready[0])
+            ready.remove(pick)
+            e = eqns[pick]
+            order.append(e)
+            space = _space(e.out) if registry[e.prim].elementwise else None
+            for u in users.get(e.out.id, []):
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    ready.append(u)
+            ready.sort()
+        return order
+
     def stages(self, eqns):
         out, cur = [], []
-        for e in eqns:
+        for e in self.schedule(eqns):
             if (registry[e.prim].elementwise and cur and registry[cur[-1].prim].elementwise
                     and _space(cur[-1].out) == _space(e.out)):
                 cur.append(e)

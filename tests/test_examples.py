@@ -1,0 +1,101 @@
+"""The examples/ scripts, run in --fast mode: they write their figures and reach the stated
+quality.  Each script is imported by path and its ``main(outdir, fast=True)`` called.
+
+The run is dominated by numba compiling each example's kernels (the test session uses a
+fresh gradc cache); the whole file takes well under a minute on two cores.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load(name):
+    """Import examples/<name>.py as a module (the folder is not a package)."""
+    module_name = f"gradc_example_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name, outdir):
+    result = load(name).main(outdir, fast=True)
+    files = [Path(f) for f in result["files"]]
+    assert files, f"{name} wrote no figures"
+    for f in files:
+        assert f.parent == Path(outdir) and f.suffix == ".png"
+        data = f.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000, f"{f} is not a real PNG"
+    return result
+
+
+def test_logic_gates(tmp_path, capsys):
+    r = run("logic_gates", tmp_path)
+    assert r["and_outputs"] == [0, 0, 0, 1]
+    # the grid search realises the 14 linearly separable gates and never XNOR
+    assert r["gates_realised_by_one_perceptron"] == 14
+    assert not r["xnor_realised_by_one_perceptron"]
+    assert r["hand_built_outputs"] == [1, 0, 0, 1]
+    # the network learned by SGD computes XNOR, confidently
+    assert r["learned_correct"] and r["learned_outputs"] == [1, 0, 0, 1]
+    p = np.array(r["learned_probabilities"])
+    assert np.all(np.abs(p - [1, 0, 0, 1]) < 0.05)
+    assert r["restarts_solved"] >= 1
+    out = capsys.readouterr().out
+    assert "contradicts" in out and "never realised: XOR, XNOR" in out
+
+
+def test_approximation(tmp_path):
+    mse = run("approximation", tmp_path)["mse"]
+    # fast mode: 3000 steps from one start (the full run reaches about 1e-5, 2e-7, 4e-4, 5e-3)
+    assert mse["x^2"] < 1e-3 and mse["sin(x)"] < 1e-3
+    assert mse["|x|"] < 1e-2 and mse["H(x)"] < 2e-2
+
+
+def test_ridge_regression(tmp_path):
+    r = run("ridge_regression", tmp_path)
+    r_, lam, b = sp.symbols("r lambda b", real=True)
+    w1, x1 = sp.symbols("w1 x1", real=True)
+    expected = {"dl/dr": 2 * r_, "dl/dyhat": -2 * r_, "dl/db": -2 * r_,
+                "dl/dw1": -2 * r_ * x1 + 2 * lam * w1}
+    for name, formula in expected.items():
+        assert sp.simplify(r["partials"][name] - formula) == 0, name
+    assert r["gradc_vs_formula_max_error"] < 1e-12
+    runs, best = r["runs"], r["optimal_loss"]
+    # decaying schedules end near the closed-form optimum even after 200 steps
+    for name in ("staircase (/10 at 50%, 75%)", "cosine"):
+        assert runs[name]["excess"] < 5e-3 * best, name
+        assert runs[name]["distance"] < 0.2, name
+    # a constant rate stays noisier (further from the optimum) than the decaying ones
+    assert runs["constant"]["excess"] > runs["cosine"]["excess"]
+    for v in runs.values():
+        assert v["excess"] >= -1e-9  # nothing beats the closed form
+
+
+def test_digits_mlp(tmp_path):
+    r = run("digits_mlp", tmp_path)
+    assert r["test_accuracy"] >= 0.90
+    assert r["epoch_losses"][-1] < r["epoch_losses"][0]
+    cm = np.array(r["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 450
+    assert np.trace(cm) / cm.sum() == pytest.approx(r["test_accuracy"])
+
+
+def test_locally_connected(tmp_path):
+    res = run("locally_connected", tmp_path)["results"]
+    fc, lc, conv = res["fully connected"], res["locally connected"], res["convolutional"]
+    assert conv["hidden_params"] < lc["hidden_params"] < fc["hidden_params"]
+    for name, r in res.items():
+        assert r["test_accuracy"] >= 0.85, name
