@@ -8,7 +8,7 @@ import sympy as sp
 import gradc
 from gradc import GradcError, nn
 from sympy.matrices.exceptions import ShapeError
-from gradc.testing import check_against_sympy, check_grads
+from gradc.testing import check_against_sympy
 
 d, m, k = 3, 4, 3
 x = sp.MatrixSymbol("x", d, 1)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gradc
 from gradc.testing import check_against_sympy, check_grads, sympy_oracle
-from models import MODELS, lam, ridge, wr, x, x1, x2, y
+from models import MODELS, ridge, x, y
 
 
 def _data(rng, data, n):

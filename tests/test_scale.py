@@ -10,10 +10,9 @@ import textwrap
 
 import numpy as np
 import pytest
-import sympy as sp
 
 import gradc
-from gradc import cli, nn
+from gradc import cli
 from models import tanh_net
 
 EXPR, WRT, DATA, _ = tanh_net()

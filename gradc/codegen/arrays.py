@@ -193,7 +193,7 @@ class ArrayKernel(KernelWriter):
     def matmul(self, eqn):
         a, b = eqn.inputs
         A, B, out = self.name(a), self.name(b), self.name(eqn.out)
-        (r, k), (_, c) = a.shape, b.shape
+        k = a.shape[1]
         if eqn.params:  # summed over the batch
             if k == 1:
                 return [f"{out} = np.dot({A}.T, {B})"]
@@ -220,12 +220,12 @@ class ArrayKernel(KernelWriter):
     def pick(self, eqn):
         z, idx = eqn.inputs
         Z, out = self.name(z), self.name(eqn.out)
-        I = self.name(idx)
+        label = self.name(idx)
         if isinstance(idx, Lit) or not idx.batched:
             raise GradcError("pick needs a per-example label (a data symbol)")
         if z.batched:
-            return [f"{out} = _rt.pick({Z}, {I})"]
-        return [f"{out} = _rt.pick_fixed({Z}, {I})"]
+            return [f"{out} = _rt.pick({Z}, {label})"]
+        return [f"{out} = _rt.pick_fixed({Z}, {label})"]
 
     def onehot(self, eqn):
         (idx,) = eqn.inputs
