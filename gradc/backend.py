@@ -13,8 +13,8 @@ functions ``value``, ``value_and_grad``, ``grad`` and ``jvp``.
   swapped for their pure-Python versions (for debugging and for tracebacks into the
   generated code).
 
-The cache folder is ``$GRADC_CACHE_DIR`` or the user's cache directory (``~/.cache/gradc``
-on Linux).  An entry is ``kernels.py`` plus ``meta.json`` holding the source's SHA-256; an
+The cache folder is ``$GRADC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gradc``, else
+``~/.cache/gradc``.  An entry is ``kernels.py`` plus ``meta.json`` holding the source's SHA-256; an
 entry whose file is missing, truncated or altered is detected by that hash and rewritten
 (atomically, so concurrent processes never see half a file).  Keys are content hashes that
 include gradc's own source, so entries made by another gradc version are never reused.

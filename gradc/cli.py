@@ -23,6 +23,8 @@ from .errors import GradcError
 
 
 def main(argv=None) -> int:
+    """Run the ``gradc`` command line with ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status (0, or 2 after printing a :class:`gradc.GradcError`)."""
     parser = argparse.ArgumentParser(prog="gradc", description="gradc: a gradient compiler")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile, check and train the lecture's model")

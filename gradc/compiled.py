@@ -35,12 +35,13 @@ REDUCTIONS = ("mean", "sum", None)
 
 
 def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=False):  # noqa: A001
-    """Compile a scalar sympy expression into value and gradient kernels.
+    """Compile a sympy expression into value, gradient, JVP and Jacobian kernels.
 
     Parameters
     ----------
-    expr : sympy.Expr
-        The per-example value (a loss): a scalar expression, or a 1x1 matrix expression.
+    expr : sympy.Expr or sympy.MatrixExpr
+        The per-example value: a scalar (a loss; ``grad`` and ``value_and_grad`` need one),
+        or a vector or matrix expression (then ``value``, ``jvp`` and ``jacobian``).
     wrt : sequence of sympy.Symbol or sympy.MatrixSymbol
         The parameters to differentiate with respect to, in the order gradients come back.
     data : sequence of sympy.Symbol or sympy.MatrixSymbol
@@ -130,14 +131,33 @@ class CompiledFunction:
 
     Attributes
     ----------
-    expr, wrt, data, consts, reduce
-        What was compiled.
+    expr, wrt, data, consts, reduce, jit, parallel
+        What was compiled, and how.
+    output_shape : tuple
+        ``()`` for a scalar output, else the matrix expression's shape.
+    scalar_params : bool
+        All ``wrt`` are scalars: params and gradients are flat float64 vectors.
     source : str
         The generated Python module.
     kernels : gradc.backend.Kernels
-        The numba dispatchers (``value``, ``value_and_grad``, ``grad``, ``jvp``), callable
-        from ``numba.njit`` code with the arguments the methods pass on (params as one
-        float64 array when all are scalars, else a tuple).
+        The numba dispatchers, callable from ``numba.njit`` code with the arguments the
+        methods pass on (params as one float64 array when all are scalars, else a tuple):
+        ``value`` and ``jvp`` always; ``value_and_grad`` and ``grad`` for a scalar output
+        (and not for per-example gradients of matrix parameters).
+
+    Examples
+    --------
+    >>> import numpy as np, sympy as sp, gradc
+    >>> w, x = sp.symbols("w x")
+    >>> fn = gradc.compile(sp.exp(w * x), wrt=[w], data=[x], jit=False)
+    >>> fn
+    CompiledFunction(exp(w*x), wrt=[w], data=[x], consts=[], reduce='mean', jit=False)
+    >>> X = np.array([0.0, 1.0])
+    >>> round(fn.value([1.0], X), 6), np.round(fn.grad([1.0], X), 6).tolist()
+    (1.859141, [1.359141])
+    >>> value, slope = fn.jvp([1.0], [2.0], X)
+    >>> round(slope, 6)
+    2.718282
     """
 
     def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit, parallel=False):
@@ -329,6 +349,20 @@ class CompiledFunction:
 
         Reverse mode keeps only the forward values its backward pass reads; arrays are
         released after their last use.
+
+        Returns
+        -------
+        dict
+            Kernel name (``"value"``, ``"value_and_grad"``, ``"jvp"``) to bytes.
+
+        Examples
+        --------
+        >>> import sympy as sp, gradc
+        >>> from gradc import nn
+        >>> x = sp.MatrixSymbol("x", 4, 1); W = sp.MatrixSymbol("W", 3, 4)
+        >>> fn = gradc.compile(nn.sum(nn.tanh(W * x)), wrt=[W], data=[x], jit=False)
+        >>> fn.memory(100)["value"]  # W x and tanh(W x): 2 x 3 x 100 float64
+        4800
         """
         from .codegen.arrays import peak_words
 

@@ -9,7 +9,8 @@ a scalar expression or a matrix expression (applied with ``applyfunc``).
 
 The scalar objects :class:`MatSum`, :class:`LogSumExp` and :class:`Pick` (the sum of a
 matrix's elements, a numerically stable log-sum-exp, and the element of a score vector at
-an integer label) and the functions :class:`Logistic` and :class:`Softplus` are the only new
+an integer label), the functions :class:`Logistic` and :class:`Softplus`, and
+:class:`Elementwise` (sympy's ``applyfunc`` node, printed as ``tanh(M)``) are the only new
 sympy classes; the rest are compositions.  ``cross_entropy`` and ``logsumexp`` are stable:
 logits of 1e3 give finite values and correct gradients.
 

@@ -389,6 +389,7 @@ class SGD:
 
     @property
     def state(self):
+        """The optimizer's state: ``{"step_count": int, "velocity": arrays or None}``."""
         vel = self._velocity
         if vel is not None:
             vel = [v.reshape(s) for v, s in zip(vel, self._shapes)]

@@ -53,6 +53,9 @@ def check_grads(fn, params, *args, directions=3, eps=1e-6, rtol=1e-6, atol=1e-9,
     >>> fn = gradc.compile(sp.exp(w * x), wrt=[w], data=[x], jit=False)
     >>> check_grads(fn, [0.3], np.array([0.5, -1.0, 2.0]))
     """
+    if not fn.scalar_params:  # matrix params: check on the flattened vector
+        fn = _Flat(fn, params)
+        params = fn.flat_params
     p = np.asarray(params, dtype=np.float64)
     rng = np.random.default_rng(seed)
     value, grad = fn.value_and_grad(p, *args)
@@ -67,7 +70,7 @@ def check_grads(fn, params, *args, directions=3, eps=1e-6, rtol=1e-6, atol=1e-9,
         v, dot = fn.jvp(p, e, *args)
         col = grad[:, i] if per_example else grad[i]
         _close(v, value, 1e-12, 0.0, "value vs jvp value")
-        _close(dot, col, 1e-10, atol, f"forward vs reverse, d/d{fn.wrt[i]}")
+        _close(dot, col, 1e-10, atol, f"forward vs reverse, component {i}")
     # reverse = central differences along random directions
     for _ in range(directions):
         u = rng.normal(size=p.size)
@@ -82,6 +85,40 @@ _MODULES = [
      for name, fn in (("erf", "erf"), ("erfc", "erfc"), ("gamma", "gamma"), ("loggamma", "lgamma"))},
     "numpy",
 ]
+
+
+class _Flat:
+    """A compiled function with matrix params seen as a function of one flat vector."""
+
+    def __init__(self, fn, params):
+        self.fn, self.wrt = fn, fn.wrt
+        self.shapes = [np.shape(p) for p in params]
+        self.flat_params = np.concatenate([np.ravel(p) for p in params])
+
+    def _split(self, flat):
+        out, k = [], 0
+        for s in self.shapes:
+            size = int(np.prod(s)) if s else 1
+            out.append(flat[k:k + size].reshape(s) if s else float(flat[k]))
+            k += size
+        return out
+
+    @staticmethod
+    def _join(g):
+        return np.concatenate([np.ravel(x) for x in g])
+
+    def value(self, p, *args):
+        return self.fn.value(self._split(p), *args)
+
+    def grad(self, p, *args):
+        return self._join(self.fn.grad(self._split(p), *args))
+
+    def value_and_grad(self, p, *args):
+        v, g = self.fn.value_and_grad(self._split(p), *args)
+        return v, self._join(g)
+
+    def jvp(self, p, t, *args):
+        return self.fn.jvp(self._split(p), self._split(t), *args)
 
 
 def sympy_oracle(expr, wrt, data=(), consts=(), reduce="mean"):

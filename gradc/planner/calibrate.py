@@ -61,7 +61,10 @@ def rates() -> dict:
 
     import numba
 
-    key = f"{numba.config.NUMBA_NUM_THREADS}-{os.environ.get('OPENBLAS_NUM_THREADS', '')}"
+    from llvmlite import binding
+
+    key = (f"{binding.get_host_cpu_name()}-{numba.config.NUMBA_NUM_THREADS}-"
+           f"{os.environ.get('OPENBLAS_NUM_THREADS', '')}")
     path = cache_dir() / "calibration.json"
     try:
         table = json.loads(path.read_text())

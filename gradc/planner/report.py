@@ -43,6 +43,8 @@ class Plan:
 
     @classmethod
     def from_chain(cls, chain, chain_plan):
+        """The plan of ``chain`` (from :func:`~gradc.planner.extract.extract_chain`) with its
+        optimal ``chain_plan``, timed with the calibrated :func:`rates`."""
         rate = rates()
         seconds = {
             "forward": pure_seconds(chain, "forward", rate),
@@ -63,6 +65,7 @@ class Plan:
 
     @property
     def bracketing(self) -> str:
+        """The optimal plan in the TAN / ADJ / MUL notation of :mod:`gradc.planner.plan`."""
         return self.chain_plan.bracketing
 
     @property
@@ -72,6 +75,7 @@ class Plan:
         return best / self.seconds["optimal"] if self.seconds["optimal"] else 1.0
 
     def table(self) -> str:
+        """The printed comparison: flops, memory and predicted time of each mode."""
         cp = self.chain_plan
         first, last = cp.pieces[0], cp.pieces[-1]
         lines = [
@@ -90,6 +94,7 @@ class Plan:
         return "\n".join(lines)
 
     def explain(self) -> str:
+        """Same as :meth:`table`."""
         return self.table()
 
     def __str__(self) -> str:
