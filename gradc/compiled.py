@@ -172,9 +172,11 @@ class CompiledFunction:
         self.jit = jit
         self.scalar_params = all(not isinstance(s, sp.MatrixSymbol) for s in self.wrt)
         self._labels = _label_ranges(expr)
+        self._shapes = {s: _shape(s) for s in self.wrt + self.data + self.consts}
         self.output_shape = (tuple(int(d) for d in expr.shape)
                              if isinstance(expr, sp.MatrixExpr) else ())
         self._engine = None
+        self._plan = None
 
     def __repr__(self):
         def names(syms):
@@ -214,15 +216,20 @@ class CompiledFunction:
                 f"{what} must be a sequence of {len(self.wrt)} values, one per symbol of wrt "
                 f"({', '.join(map(str, self.wrt))})"
             )
-        return tuple(self._value(s, v, f"{what} {s}") for s, v in zip(self.wrt, values))
+        return tuple(self._value(s, v, what) for s, v in zip(self.wrt, values))
 
-    def _value(self, sym, value, what):
-        """One batch-invariant value: a float for a scalar, a 2-D float64 array for a matrix."""
+    def _value(self, sym, value, role):
+        """One batch-invariant value: a float for a scalar, a 2-D float64 array for a matrix.
+        (Messages name ``role`` and ``sym``; they are formatted only when raising.)"""
+        shape = self._shapes[sym]
+        if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == shape \
+                and value.flags.c_contiguous and shape != (1, 1):
+            return value  # the common case, checked in a few hundred nanoseconds
+        what = f"{role} {sym}"
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
             raise GradcError(f"{what}: expected real numbers, got {type(value).__name__}") from None
-        shape = _shape(sym)
         if shape in ((), (1, 1)):
             if arr.size != 1:
                 raise GradcError(f"{what}: expected a scalar, got shape {arr.shape}")
@@ -244,7 +251,7 @@ class CompiledFunction:
             arr = np.asarray(a)
             if arr.dtype.kind not in "biuf":
                 raise GradcError(f"data {sym}: dtype {arr.dtype} is not a real number type")
-            shape = _shape(sym)
+            shape = self._shapes[sym]
             length = shape[0] * shape[1] if shape else 1
             if length == 1:
                 if arr.ndim != 1 and not (arr.ndim == 2 and arr.shape[1] == 1):
@@ -272,11 +279,11 @@ class CompiledFunction:
             raise GradcError(f"empty batch: data {first} has 0 examples")
         for sym, c in zip(self.consts, args[nd:]):
             arr = np.asarray(c)
-            if arr.dtype.kind not in "biuf" or (not _shape(sym) and arr.ndim != 0):
+            if arr.dtype.kind not in "biuf" or (not self._shapes[sym] and arr.ndim != 0):
                 raise GradcError(
                     f"const {sym}: expected a real scalar, got {arr.dtype} with shape {arr.shape}"
                 )
-            out.append(self._value(sym, arr, f"const {sym}"))
+            out.append(self._value(sym, arr, "const"))
         return out
 
     def _check_labels(self, sym, arr):
@@ -397,10 +404,12 @@ class CompiledFunction:
     @property
     def plan(self):
         """The :class:`gradc.planner.report.Plan`: forward vs reverse vs optimal costs."""
-        from .planner.report import Plan
+        if self._plan is None:
+            from .planner.report import Plan
 
-        eng = self.engine
-        return Plan.from_chain(eng.chain, eng.plan)
+            eng = self.engine
+            self._plan = Plan.from_chain(eng.chain, eng.plan)
+        return self._plan
 
     def jacobian(self, params, *args, mode="auto"):
         """The Jacobian of the flattened output with respect to the flattened, concatenated
@@ -428,6 +437,6 @@ class CompiledFunction:
                 return eng.evaluate(p, consts, mode)
             out = []
             for i in range(vals[0].shape[0]):
-                per = [self._value(s, d[i], f"data {s}") for s, d in zip(self.data, vals[:nd])]
+                per = [self._value(s, d[i], "data") for s, d in zip(self.data, vals[:nd])]
                 out.append(eng.evaluate(p, per + list(consts), mode))
         return np.stack(out)

@@ -214,6 +214,8 @@ class JacobianEngine:
         X = np.eye(n_out) if X is None else X
         outs = kernel(self._inputs_of(lo), (np.ascontiguousarray(X),),
                       *[self._value(v) for v in side])
+        if len(outs) == 1:  # no copy of what may be a large result
+            return np.reshape(outs[0], (X.shape[0], -1))
         return np.concatenate([np.reshape(o, (X.shape[0], -1)) for o in outs], axis=1)
 
     def run(self, step):

@@ -19,6 +19,13 @@ import time
 
 DEFAULT_RATES = {"blas": 8e9, "elementwise": 1e9}
 
+#: Seconds of fixed cost per move of a plan (a kernel call or a product, with its Python
+#: dispatch and allocation), measured on this machine's class of hardware; it makes a plan
+#: of many small moves lose to one sweep when the flops are tiny.
+MOVE_SECONDS = 10e-6
+
+_RATES = None  # this process's rates, read or measured once
+
 
 def _measure():
     import numba
@@ -44,19 +51,31 @@ def _measure():
     for name, f, args, work in (("blas", gemm, (a, b), 400.0**3),
                                 ("elementwise", sweep, (t, d), 400.0 * 1000)):
         f(*args)
-        best = []
-        for _ in range(7):
+        times = []
+        for _ in range(9):
             t0 = time.perf_counter()
             f(*args)
-            best.append(time.perf_counter() - t0)
-        out[name] = work / sorted(best)[len(best) // 2]
+            times.append(time.perf_counter() - t0)
+        out[name] = work / min(times)  # the best run: noise only ever slows a run down
     return out
 
 
-def rates() -> dict:
-    """Multiply-adds per second by kind of work, measured once and cached."""
+def rates(refresh: bool = False) -> dict:
+    """Multiply-adds per second by kind of work, measured once and cached (on disk and for
+    the process).  ``refresh=True`` measures again and replaces the stored entry.
+
+    Examples
+    --------
+    >>> import os
+    >>> from gradc.planner.calibrate import rates
+    >>> sorted(rates())
+    ['blas', 'elementwise']
+    """
+    global _RATES
     if os.environ.get("GRADC_CALIBRATION", "").lower() == "off":
         return dict(DEFAULT_RATES)
+    if _RATES is not None and not refresh:
+        return _RATES
     from ..backend import cache_dir
 
     import numba
@@ -70,15 +89,22 @@ def rates() -> dict:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if key in table and all(k in table[key] for k in DEFAULT_RATES):
-        return table[key]
-    table[key] = _measure()
+    if not refresh and key in table and all(k in table[key] for k in DEFAULT_RATES):
+        _RATES = table[key]
+        return _RATES
+    measured = _measure()
+    # a run disturbed by other work can read far too slow: keep the better of two
+    if any(measured[k] < DEFAULT_RATES[k] / 8 for k in DEFAULT_RATES):
+        again = _measure()
+        measured = {k: max(measured[k], again[k]) for k in measured}
+    table[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table))
     except OSError:
         pass
-    return table[key]
+    _RATES = table[key]
+    return _RATES
 
 
 def sweep_work(chain, lo, hi, sweeps, kind):
@@ -95,12 +121,12 @@ def predict_seconds(step, chain, rate) -> float:
     """Predicted time of a plan's step tree (children included)."""
     total = sum(predict_seconds(c, chain, rate) for c in step.children)
     if step.kind == "MUL":
-        return total + step.own_cost / rate["blas"]
+        return total + step.own_cost / rate["blas"] + MOVE_SECONDS
     if step.kind == "ACC" and step.method == "explicit":
         return total
     blas, elem = sweep_work(chain, step.swept[0], step.swept[1], step.sweeps,
                             "ADJ" if step.method == "adjoint" else "TAN")
-    return total + blas / rate["blas"] + elem / rate["elementwise"]
+    return total + blas / rate["blas"] + elem / rate["elementwise"] + MOVE_SECONDS
 
 
 def pure_seconds(chain, mode, rate) -> float:
@@ -110,4 +136,4 @@ def pure_seconds(chain, mode, rate) -> float:
         blas, elem = sweep_work(chain, 1, q, chain[0].piece.n_in, "TAN")
     else:
         blas, elem = sweep_work(chain, 1, q, chain[-1].piece.n_out, "ADJ")
-    return blas / rate["blas"] + elem / rate["elementwise"]
+    return blas / rate["blas"] + elem / rate["elementwise"] + MOVE_SECONDS

@@ -60,7 +60,7 @@ class Plan:
     @property
     def auto(self) -> str:
         """The mode predicted to be fastest (ties prefer the optimal plan)."""
-        order = ["optimal", "reverse", "forward"]
+        order = ["reverse", "forward", "optimal"]  # ties: the simpler plan
         return min(order, key=lambda m: (self.seconds[m], order.index(m)))
 
     @property
