@@ -11,6 +11,10 @@ numba into value-and-gradient kernels.
 
 __version__ = "0.1.0"
 
+from ._malloc import tune as _tune_malloc  # noqa: E402
+
+_tune_malloc()
+
 from .errors import GradcError  # noqa: E402
 from .compiled import CompiledFunction, compile  # noqa: E402
 from . import nn, optim, planner  # noqa: E402

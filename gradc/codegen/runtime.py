@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
+from . import vmath
+
 _jit = numba.njit(inline="always", cache=True, error_model="numpy")
 
 
@@ -108,7 +110,7 @@ def _lse_row(a, i):
         return top
     s = 0.0
     for j in range(m):
-        s += np.exp(a[i, j] - top)
+        s += vmath.exp(a[i, j] - top)
     return top + np.log(s)
 
 
