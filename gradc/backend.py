@@ -180,6 +180,8 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False,
     sys.modules[name] = module
     spec.loader.exec_module(module)
     names = [k for k in names if hasattr(module, k)]
+    for k in sorted(v for v in vars(module) if v.startswith("_k_")):  # segment helpers
+        setattr(module, k, njit(getattr(module, k), parallel=False))
     for k in names:
         setattr(module, k, njit(getattr(module, k), parallel=parallel))
     kernels = Kernels(**{k: getattr(module, k) for k in names})

@@ -66,6 +66,8 @@ def export_source(fn) -> str:
         body,
         "\n# the one set of numba options gradc uses for kernels\n"
         f"_kernel = njit(cache=True, error_model='numpy', nogil=True, parallel={fn.parallel})\n"
+        + "".join(f"{n} = njit(cache=True, error_model='numpy', nogil=True)({n})\n"
+                  for n in sorted(set(re.findall(r"^def (_k_\w+)\(", body, re.M))))
         + "".join(f"{n} = _kernel({n})\n" for n in names),
     ]
     return "\n".join(parts)

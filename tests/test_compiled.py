@@ -109,3 +109,25 @@ def test_per_example_jit_matches_python():
             np.testing.assert_allclose(oj, op, rtol=1e-14)
     v, dot = fj.jvp([0.5], [2.0], X, Y)
     np.testing.assert_allclose(dot, 2 * fj.grad([0.5], X, Y)[:, 0], rtol=1e-13)
+
+
+def test_large_loop_bodies_are_split_into_segments():
+    """Past SEGMENT equations the loop body becomes segment functions (linear compile
+    time); the results are those of the plain Python path."""
+    from gradc.codegen.emit import SEGMENT
+
+    k = 8
+    v, b, w = sp.symbols(f"v1:{k + 1}"), sp.symbols(f"b1:{k + 1}"), sp.symbols(f"w0:{k + 1}")
+    f = w[0] + sum(w[i + 1] * sp.tanh(v[i] * x + b[i]) for i in range(k))
+    expr, wrt = (f - y) ** 2 + sp.exp(-w[1] ** 2), [*v, *b, *w]
+    fj = gradc.compile(expr, wrt=wrt, data=[x, y])
+    fp = gradc.compile(expr, wrt=wrt, data=[x, y], jit=False)
+    assert "_k_value_and_grad_1(" in fj.source and SEGMENT < 100
+    rng = np.random.default_rng(5)
+    p, X = rng.normal(size=len(wrt)), rng.normal(size=700)
+    vj, gj = fj.value_and_grad(p, X, np.sin(X))
+    vp, gp = fp.value_and_grad(p, X, np.sin(X))
+    assert vj == pytest.approx(vp, rel=1e-13)
+    np.testing.assert_allclose(gj, gp, rtol=1e-12, atol=1e-14)
+    _, dj = fj.jvp(p, np.ones(len(wrt)), X, np.sin(X))
+    assert dj == pytest.approx(gp.sum(), rel=1e-11)
