@@ -28,9 +28,12 @@ helpers, and the generated kernels.
 
 
 def _helper_source(path: Path) -> str:
+    """A helper module's text made to live inside the exported module: no relative
+    imports (its siblings are defined in the same file), no ``__future__`` import."""
     text = path.read_text(encoding="utf-8")
     text = re.sub(r"^from __future__ import annotations\n", "", text, flags=re.M)
-    return text
+    text = re.sub(r"^from \. import (\w+)\n", "", text, flags=re.M)
+    return re.sub(r"\bvmath\.(\w+)\(", r"\1(", text)
 
 
 def export_source(fn) -> str:
