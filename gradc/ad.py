@@ -68,6 +68,8 @@ def jvp_program(prog: Program, sweeps: bool = False) -> Program:
             continue
         ts = [tangent.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
         t = prims.registry[e.prim].jvp(b, e, ts)
+        if t is not None and type_of(t)[0] != e.out.shape:  # a scalar tangent of a matrix
+            t = broadcast(b, t, e.out.shape)
         if t is not None:
             tangent[e.out.id] = t
     outs = list(prog.outputs)

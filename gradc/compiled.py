@@ -300,9 +300,10 @@ class CompiledFunction:
     def _call(self, kernel, *args):
         with np.errstate(all="ignore"):
             out = kernel(*args)
-        if isinstance(out, tuple):
+        if isinstance(out, tuple) and (self.scalar_params or len(out) == 2
+                                       and not isinstance(out[0], tuple)):
             return tuple(self._result(o) for o in out)
-        return _plain(out)
+        return _plain(out) if not isinstance(out, tuple) else out
 
     def _result(self, o):
         if isinstance(o, tuple):  # gradients of matrix params: a list in wrt order
@@ -336,7 +337,8 @@ class CompiledFunction:
 
     def grad(self, params, *args):
         """The gradient with respect to ``wrt`` (a vector, or a list for matrix params)."""
-        return self._call(self._kernel("grad"), self._params(params, "params"), *self._args(args))
+        out = self._call(self._kernel("grad"), self._params(params, "params"), *self._args(args))
+        return out if self.scalar_params else self._result(out)
 
     def value_and_grad(self, params, *args):
         """``(value, gradient)`` in one pass (reverse mode)."""

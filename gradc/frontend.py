@@ -263,7 +263,8 @@ class Lowerer:
         return prims.add(self.b, [self.memo[a] for a in node.args])
 
     def _lower_MatMul(self, node):
-        scalars = [self.memo[a] for a in node.args if not isinstance(a, sp.MatrixExpr)]
+        scalars = [Lit(float(a)) if a.is_Number else self.memo[a]
+                   for a in node.args if not isinstance(a, sp.MatrixExpr)]
         mats = [a for a in node.args if isinstance(a, sp.MatrixExpr)]
         out = self._chain([self.memo[m] for m in mats], [matrix_shape(m) for m in mats])
         for s in scalars:
@@ -376,9 +377,11 @@ class Lowerer:
         return a if type_of(a)[0] == () else self.b.emit("logsumexp", [a])
 
     def _lower_Pick(self, node):
+        if node.args[1].is_Number:
+            raise GradcError(f"pick with a constant label {node.args[1]}: index the matrix instead")
+        if not isinstance(node.args[1], sp.Symbol):
+            raise GradcError(f"the label of {short(node)} must be a data symbol, not an expression")
         z, label = self.memo[node.args[0]], self.memo[node.args[1]]
-        if isinstance(label, Lit):
-            raise GradcError(f"pick with a constant label {label.value}: index the matrix instead")
         return ap.pick(self.b, z, label)
 
     def _lower_Derivative(self, node):

@@ -26,6 +26,8 @@ sweeps as the batch axis, so a sweep through ``W x`` is one GEMM.  One more kern
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import __version__, backend
@@ -107,6 +109,16 @@ class JacobianEngine:
         self._kernels = {}
         self._subs = {}
         self._values_kernel = None
+        self._local = threading.local()  # each thread's primal values (evaluate is re-entrant)
+        self._lock = threading.Lock()  # kernels are built once
+
+    @property
+    def env(self):
+        return self._local.env
+
+    @env.setter
+    def env(self, value):
+        self._local.env = value
 
     # -- sub-programs ---------------------------------------------------------------------
     def _sub(self, lo, hi):
@@ -138,6 +150,10 @@ class JacobianEngine:
 
     def _kernel(self, kind, lo, hi):
         key = (kind, lo, hi)
+        with self._lock:
+            return self._build_kernel(key, kind, lo, hi)
+
+    def _build_kernel(self, key, kind, lo, hi):
         if key not in self._kernels:
             sub, side = self._sub(lo, hi)
             if kind == "tan":
@@ -153,6 +169,10 @@ class JacobianEngine:
         return self._kernels[key]
 
     def _values(self):
+        with self._lock:
+            return self._build_values()
+
+    def _build_values(self):
         if self._values_kernel is None:
             wanted, seen = [], set()
             for p in self.chain:
@@ -212,7 +232,8 @@ class JacobianEngine:
         kernel, side = self._kernel("adj", lo, hi)
         n_out = self.chain[hi - 1].piece.n_out
         X = np.eye(n_out) if X is None else X
-        outs = kernel(self._inputs_of(lo), (np.ascontiguousarray(X),),
+        seed = X if self.chain[hi - 1].output.shape else X[:, 0]  # a scalar's is 1-D
+        outs = kernel(self._inputs_of(lo), (np.ascontiguousarray(seed),),
                       *[self._value(v) for v in side])
         if len(outs) == 1:  # no copy of what may be a large result
             return np.reshape(outs[0], (X.shape[0], -1))

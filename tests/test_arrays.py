@@ -205,3 +205,37 @@ def test_argument_errors():
     # vectors may be given flat, data as (n, L, 1)
     flat = [params[0], params[1].ravel(), params[2], params[3].ravel()]
     assert fn.value(flat, X[:, :, None], L) == fn.value(params, X, L)
+
+
+def test_review_regressions():
+    """Cases found in review: numbers in matrix products, x**x, scalar tangents of
+    matrices, per-example names, infinite literals, constant labels."""
+    Wm, z = sp.MatrixSymbol("Wm", 3, 2), sp.MatrixSymbol("z", 2, 1)
+    f = gradc.compile(nn.sum(2 * Wm * z) - nn.sum(Wm * z / 2), wrt=[z], consts=[Wm], jit=False)
+    (g,) = f.grad([np.ones((2, 1))], np.ones((3, 2)))
+    np.testing.assert_allclose(g, np.full((2, 1), 4.5))
+    w = sp.Symbol("w")
+    assert gradc.compile(w**w, wrt=[w], jit=False).grad([2.0])[0] == pytest.approx(4 * (1 + np.log(2)))
+    C, X = sp.MatrixSymbol("C", 2, 2), sp.MatrixSymbol("X", 2, 2)
+    t, s = sp.Symbol("t"), sp.Symbol("s")
+    centred = nn.sum(sp.HadamardProduct(C.applyfunc(sp.Lambda(t, t + s)), X))
+    f = gradc.compile(centred, wrt=[s], consts=[C, X], jit=False)
+    Xv = np.arange(4.0).reshape(2, 2)
+    assert f.grad([0.3], np.ones((2, 2)), Xv)[0] == f.jvp([0.3], [1.0], np.ones((2, 2)), Xv)[1] == 6.0
+    w1, xx, xi = sp.symbols("w1 xx xx_i")
+    f = gradc.compile((w1 * xx - xi) ** 2, wrt=[w1], data=[xx, xi], jit=False)
+    assert f.value([1.0], np.ones(3), np.zeros(3)) == 1.0
+    assert gradc.compile(w1 + sp.exp(800), wrt=[w1], jit=False).value([1.0]) == np.inf
+    with pytest.raises(GradcError, match="constant label"):
+        gradc.compile(nn.cross_entropy(z, 2), wrt=[z], jit=False)
+
+
+def test_jacobian_of_a_scalar_output_in_every_mode():
+    w1, w2, t = sp.symbols("w1 w2 t")
+    f = gradc.compile(sp.tanh(w1 * t) * w2, wrt=[w1, w2], data=[t], jit=False)
+    T = np.array([0.1, 0.2])
+    Js = [f.jacobian([0.5, 2.0], T, mode=m) for m in ("forward", "reverse", "optimal", "auto")]
+    for J in Js:
+        assert J.shape == (2, 1, 2)
+        np.testing.assert_allclose(J, Js[0], rtol=1e-14)
+    np.testing.assert_allclose(Js[0][:, 0, 1], np.tanh(0.5 * T), rtol=1e-14)

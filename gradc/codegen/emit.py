@@ -86,12 +86,23 @@ class Namer:
         self.names: dict[int, str] = {}
         taken = {f"v{e.out.id}" for e in prog.eqns}
         for inp in prog.inputs:
-            self.names[inp.var.id] = _ident(inp.name, self.PREFIX[inp.role], taken)
+            name = _ident(inp.name, self.PREFIX[inp.role], taken)
+            self.names[inp.var.id] = name
+            taken.add(name + "_i")  # per-example loads of data are named <name>_i
 
     def __call__(self, atom) -> str:
         if isinstance(atom, Lit):
-            return repr(atom.value) if atom.value == atom.value else "np.nan"
+            return literal(atom.value)
         return self.names.get(atom.id) or f"v{atom.id}"
+
+
+def literal(value: float) -> str:
+    """Python source for a float64 literal (nan and infinities included)."""
+    if value != value:
+        return "np.nan"
+    if value in (float("inf"), float("-inf")):
+        return "np.inf" if value > 0 else "(-np.inf)"
+    return repr(value)
 
 
 def needed_eqns(prog: Program, outputs):
@@ -168,8 +179,8 @@ class KernelWriter:
         """The expression returned for the gradient of param ``inp``."""
         if isinstance(atom, Lit):
             if inp.var.shape:
-                return f"np.full({self.user_shape(inp)}, {atom.value!r})"
-            return repr(atom.value)
+                return f"np.full({self.user_shape(inp)}, {literal(atom.value)})"
+            return literal(atom.value)
         name = self.name(atom)
         if inp.var.shape:
             return f"np.ascontiguousarray({name}).reshape({self.user_shape(inp)})"

@@ -155,7 +155,8 @@ def partials(body: sp.Expr, nargs: int) -> tuple:
     conv = _swap(body, CONVENTIONS)
     out = []
     for i in range(nargs):
-        if isinstance(body, sp.Pow) and body.base == placeholder(i) and not body.exp.is_Number:
+        if (isinstance(body, sp.Pow) and body.base == placeholder(i) and not body.exp.is_Number
+                and not body.exp.has(placeholder(i))):
             # sympy writes d(x**y)/dx as y*x**y/x, which is 0/0 at x = 0; use y*x**(y-1)
             d = body.exp * body.base ** (body.exp - 1)
         else:
