@@ -73,7 +73,7 @@ def structural_key(expr) -> str:
     ids, lines = {}, []
     for node in postorder(expr):
         if node.args and not isinstance(node, sp.Lambda):
-            body = type(node).__name__ + "(" + ",".join(str(ids[a]) for a in node.args) + ")"
+            body = _class_key(type(node)) + "(" + ",".join(str(ids[a]) for a in node.args) + ")"
         elif isinstance(node, sp.Lambda):
             # bound variables are renamed canonically: equal functions, equal keys
             names = {v: sp.Symbol(f"_bound{i}", **v.assumptions0)
@@ -99,6 +99,23 @@ def ir_shape(m):
     """The IR shape of a matrix expression: 1x1 matrices are scalars."""
     r, c = matrix_shape(m)
     return () if (r, c) == (1, 1) else (r, c)
+
+
+def _class_key(cls) -> str:
+    """A class's name, plus, for classes defined outside sympy and gradc (a user's
+    ``sympy.Function`` subclass), a hash of its source: two different user classes with the
+    same name never share a cache entry (without source, the key is unique to the process)."""
+    mod = getattr(cls, "__module__", "") or ""
+    if mod.startswith(("sympy.", "gradc.")):
+        return cls.__name__
+    import hashlib
+    import inspect
+
+    try:
+        text = inspect.getsource(cls)
+    except (OSError, TypeError):
+        text = f"{id(cls)}"
+    return f"{mod}.{cls.__qualname__}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def check_roles(expr, wrt, data, consts, scalar=False):

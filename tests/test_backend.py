@@ -100,3 +100,24 @@ def test_python_path_writes_nothing(tmp_path, monkeypatch):
     w = sp.Symbol("w")
     gradc.compile(w**2, wrt=[w], jit=False).value([1.0])
     assert not (tmp_path / "c").exists()
+
+
+def test_user_functions_with_the_same_name_do_not_share_a_cache_key():
+    import sympy as sp
+
+    from gradc.frontend import structural_key
+
+    x = sp.Symbol("x")
+
+    class act(sp.Function):  # noqa: N801 - the user's name
+        def fdiff(self, argindex=1):
+            return 2 * self.args[0]
+
+    first = structural_key(act(x))
+
+    class act(sp.Function):  # noqa: F811, N801 - redefined, as after fixing a notebook cell
+        def fdiff(self, argindex=1):
+            return 3 * self.args[0]
+
+    assert structural_key(act(x)) != first
+    assert structural_key(sp.tanh(x)) == structural_key(sp.tanh(x))
