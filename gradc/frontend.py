@@ -104,18 +104,24 @@ def ir_shape(m):
 def _class_key(cls) -> str:
     """A class's name, plus, for classes defined outside sympy and gradc (a user's
     ``sympy.Function`` subclass), a hash of its source: two different user classes with the
-    same name never share a cache entry (without source, the key is unique to the process)."""
+    same name never share a cache entry (the hash covers the code of its methods)."""
     mod = getattr(cls, "__module__", "") or ""
     if mod.startswith(("sympy.", "gradc.")):
         return cls.__name__
     import hashlib
-    import inspect
 
-    try:
-        text = inspect.getsource(cls)
-    except (OSError, TypeError):
-        text = f"{id(cls)}"
-    return f"{mod}.{cls.__qualname__}#{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    h = hashlib.sha256()
+    for klass in cls.__mro__:
+        if (getattr(klass, "__module__", "") or "").startswith(("sympy.", "builtins")):
+            break
+        for name, attr in sorted(vars(klass).items()):
+            fn = getattr(attr, "__func__", attr)
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                h.update(f"{name}:{code.co_code.hex()}:{code.co_consts!r}:{code.co_names!r}".encode())
+            elif isinstance(attr, (int, float, str, bool, tuple)):
+                h.update(f"{name}={attr!r}".encode())
+    return f"{mod}.{cls.__qualname__}#{h.hexdigest()[:12]}"
 
 
 def check_roles(expr, wrt, data, consts, scalar=False):
