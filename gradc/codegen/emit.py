@@ -257,7 +257,7 @@ class ScalarKernel(KernelWriter):
             head = [f"def {fname}(start, m, inv, X, buf{', ' + data_args if data_args else ''}):",
                     f'    """Segment {s} of the loop body of {self.fname}, over one chunk."""']
             head += [f"    {self.name(v)} = inv[{k}]" for i, (k, v) in inv.items() if i in reads]
-            body = [f"i = start + j"]
+            body = ["i = start + j"]
             body += [f"{self.name(i.var)}_i = {self.name(i.var)}[i]" for i in used
                      if i.var.id in reads or (s == 0 and i.var.id in term_ids)]
             body += [f"{self.name_of(v)} = X[{r}, j]" for v, r in cross.items()
