@@ -28,11 +28,12 @@ case).  Stages, timed separately:
                code generation of that one kernel, and the write of numba's cache)
 
 The stages are timed by wrapping the functions that ``gradc.compile`` calls, so the split
-follows the real pipeline.  "nodes" is the number of distinct sympy subexpressions (the DAG that gradc lowers).  The
-script prints microseconds per node for each stage and the local growth exponent between
-successive sizes of a family (1.0 = linear, 2.0 = quadratic).  For the numba stage it also
-prints numba's own split of the first call: the time spent holding the LLVM lock (LLVM IR
-optimisation and machine-code generation, approximately) and the slowest compiler passes.
+follows the real pipeline.  "nodes" is the number of distinct sympy subexpressions (the DAG
+that gradc lowers).  The script prints microseconds per node for each stage and the local
+growth exponent between successive sizes of a family (1.0 = linear, 2.0 = quadratic).  For
+the numba stage it also prints numba's own split of the first call: the time spent holding
+the LLVM lock (LLVM IR optimisation and machine-code generation, approximately) and the
+slowest compiler passes.
 """
 
 import os
@@ -55,6 +56,24 @@ FULL_CASES = ["units:1", "units:10", "units:100", "units:1000",
 QUICK_CASES = ["units:1", "units:10", "units:100", "chain:10", "chain:100"]
 CHILD_FLAG = "--child"
 N_DATA = 1000
+
+
+def _gradc_file():
+    import gradc
+    return gradc.__file__
+
+
+def gradc_revision():
+    """Where gradc was imported from, and the git commit of that checkout (+ dirty flag)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(_gradc_file())))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "gradc"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return f"{_gradc_file()} (git {rev}{', gradc/ modified' if dirty else ''})"
+    except (OSError, subprocess.CalledProcessError):
+        return f"{_gradc_file()} (not a git checkout)"
 
 
 def build(case):
@@ -202,6 +221,7 @@ def main():
     print(f"gradc {gradc.__version__} bench_compile: numba {numba.__version__}, sympy "
           f"{sp.__version__}, python {sys.version.split()[0]}; one subprocess per case, "
           f"timeout {timeout:.0f} s; batch of {N_DATA} for the first call")
+    print(f"gradc from {gradc_revision()}")
     rows = []
     for case in cases:
         t0 = time.perf_counter()

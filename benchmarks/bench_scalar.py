@@ -73,6 +73,19 @@ N = 10_000
 RTOL = 1e-9
 
 
+def gradc_revision():
+    """Where gradc was imported from, and the git commit of that checkout (+ dirty flag)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gradc.__file__)))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "gradc"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return f"{gradc.__file__} (git {rev}{', gradc/ modified' if dirty else ''})"
+    except (OSError, subprocess.CalledProcessError):
+        return f"{gradc.__file__} (not a git checkout)"
+
+
 # ------------------------------------------------------------------------------ the model
 def model():
     """The sympy loss and its symbols, exactly as in the README."""
@@ -338,6 +351,7 @@ def main():
     params, X, Y = data()
     print(f"gradc bench_scalar: n = {N}, float64, 1 thread; numpy {np.__version__}, "
           f"numba {numba.__version__}, sympy {sp.__version__}, python {sys.version.split()[0]}")
+    print(f"gradc {gradc.__version__} from {gradc_revision()}")
     print(f"numba target CPU: {numba.config.CPU_NAME or _host_cpu()}"
           f"{' (--avx2)' if '--avx2' in sys.argv else ' (host)'}")
 
