@@ -92,3 +92,19 @@ def test_integer_and_bool_data_are_accepted(fn):
 
 def test_error_is_a_value_error():
     assert issubclass(GradcError, ValueError)
+
+
+def test_symbol_names_with_backslashes_and_quotes_generate_valid_code():
+    u, q = sp.Symbol(r"\upsilon"), sp.Symbol('x"""q')
+    f = gradc.compile((u * q) ** 2, wrt=[u], data=[q], jit=False)
+    v, g = f.value_and_grad([2.0], np.array([1.0, 3.0]))
+    assert v == 20.0 and g.tolist() == [20.0]
+
+
+def test_kernels_called_directly_check_labels():
+    from gradc import nn
+
+    z, lab = sp.MatrixSymbol("z", 3, 1), sp.Symbol("lab", integer=True)
+    f = gradc.compile(nn.cross_entropy(z, lab), wrt=[z], data=[lab], jit=False)
+    with pytest.raises(ValueError, match="label out of range"):
+        f.kernels.value((np.zeros((3, 1)),), np.array([5.0]))

@@ -143,7 +143,7 @@ class KernelWriter:
         args = ["params"] + (["tangent"] if self.fname == "jvp" else [])
         args += [self.name(i.var) for i in self.data] + [self.name(i.var) for i in self.consts]
         return [f"def {self.fname}({', '.join(args)}):", f'    """{self.doc}', "",
-                *("    " + line for line in self.arg_doc()), '    """']
+                *("    " + _doc_text(line) for line in self.arg_doc()), '    """']
 
     def arg_doc(self):
         """One line per argument: name, shape, meaning (for readers of the source)."""
@@ -434,9 +434,15 @@ class ModuleWriter:
                 for i in self.data)
         if self.consts:
             doc += ", consts: " + ", ".join(f"{i.name} {kind(i)}" for i in self.consts)
-        head = HEADER.format(title=title, version=version, args_doc=doc + ".",
-                             reduce=self.reduce, chunk=CHUNK)
+        head = HEADER.format(title=_doc_text(title), version=version,
+                             args_doc=_doc_text(doc + "."), reduce=self.reduce, chunk=CHUNK)
         return "\n\n\n".join([head] + self.kernels()) + "\n"
+
+
+def _doc_text(text: str) -> str:
+    """Text safe inside a generated triple-quoted docstring (symbol names may hold
+    backslashes, as in LaTeX names, or quotes)."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
 def generate(value_prog, vjp_prog, jvp_prog, reduce, title="", version="",

@@ -140,12 +140,20 @@ def rowdot(a, b):
     return out
 
 
+def _label(value, m):
+    """An integer label in 0..m-1, or an error (kernels called directly skip gradc's checks)."""
+    k = int(value)
+    if k < 0 or k >= m or k != value:
+        raise ValueError("label out of range or not an integer")
+    return k
+
+
 def pick(z, idx):
     """z[i, idx[i]] for every row i."""
-    n = z.shape[0]
+    n, m = z.shape
     out = np.empty(n)
     for i in range(n):
-        out[i] = z[i, int(idx[i])]
+        out[i] = z[i, _label(idx[i], m)]
     return out
 
 
@@ -155,7 +163,7 @@ def pick_fixed(z, idx):
     n = idx.shape[0]
     out = np.empty(n)
     for i in range(n):
-        out[i] = flat[int(idx[i])]
+        out[i] = flat[_label(idx[i], flat.shape[0])]
     return out
 
 
@@ -164,7 +172,7 @@ def onehot(idx, m):
     n = idx.shape[0]
     out = np.zeros((n, m))
     for i in range(n):
-        out[i, int(idx[i])] = 1.0
+        out[i, _label(idx[i], m)] = 1.0
     return out
 
 
@@ -189,5 +197,6 @@ python.pick_fixed = lambda z, idx: np.reshape(z, -1)[idx.astype(np.int64)]
 python.onehot = lambda idx, m: np.eye(m)[idx.astype(np.int64)]
 
 _lse_row = _jit(_lse_row)
+_label = _jit(_label)
 for _n in ("colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])
