@@ -192,9 +192,16 @@ python.rowsum = lambda a: np.sum(a, axis=1)
 python.rowlse = _np_rowlse
 python.lse_all = lambda a: float(_np_rowlse(np.reshape(a, (1, -1)))[0])
 python.rowdot = lambda a, b: np.sum(a * b, axis=1)
-python.pick = lambda z, idx: z[np.arange(z.shape[0]), idx.astype(np.int64)]
-python.pick_fixed = lambda z, idx: np.reshape(z, -1)[idx.astype(np.int64)]
-python.onehot = lambda idx, m: np.eye(m)[idx.astype(np.int64)]
+def _np_labels(idx, m):
+    k = idx.astype(np.int64)
+    if np.any((k < 0) | (k >= m) | (k != idx)):
+        raise ValueError("label out of range or not an integer")
+    return k
+
+
+python.pick = lambda z, idx: z[np.arange(z.shape[0]), _np_labels(idx, z.shape[1])]
+python.pick_fixed = lambda z, idx: np.reshape(z, -1)[_np_labels(idx, np.size(z))]
+python.onehot = lambda idx, m: np.eye(m)[_np_labels(idx, m)]
 
 _lse_row = _jit(_lse_row)
 _label = _jit(_label)
