@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_compile.py --quick         # cases up to ~1,000 nodes
     python benchmarks/bench_compile.py --timeout 900   # seconds allowed per case (default 1200)
     python benchmarks/bench_compile.py --cases units:1000,chain:1000   # a chosen subset
+    python benchmarks/bench_compile.py --mem-gb 8       # address-space cap per case (default 8)
 
 Cases (float64, data x and y, reduce="mean"):
 
@@ -116,6 +117,15 @@ class _Timed:
             self.seconds += time.perf_counter() - t0
 
 
+def _limit_memory():
+    """Cap the child's address space (``--mem-gb``), so that a runaway compile fails with
+    an out-of-memory error in the child instead of pushing the machine into the OOM killer."""
+    gb = float(os.environ.get("GRADC_BENCH_MEM_GB", "8"))
+    if gb > 0:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (int(gb * 2**30), int(gb * 2**30)))
+
+
 def child(case):
     """Run in a subprocess: compile one case with the stages timed; print one JSON line.
 
@@ -193,16 +203,19 @@ def child(case):
 
 
 # ------------------------------------------------------------------------------ parent
-def run_case(case, timeout):
+def run_case(case, timeout, mem_gb):
     with tempfile.TemporaryDirectory(prefix="gradc-bench-compile-") as d:
-        env = dict(os.environ, GRADC_CACHE_DIR=d)
+        env = dict(os.environ, GRADC_CACHE_DIR=d, GRADC_BENCH_MEM_GB=str(mem_gb))
         try:
             out = subprocess.run([sys.executable, os.path.abspath(__file__), CHILD_FLAG, case],
                                  env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"case": case, "timeout": timeout}
         if out.returncode != 0:
-            return {"case": case, "error": out.stderr.strip().splitlines()[-1:]}
+            last = out.stderr.strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
+            if any("MemoryError" in l or "bad_alloc" in l for l in out.stderr.splitlines()[-20:]):
+                last = [f"out of memory (address space capped at {mem_gb} GB): " + last[0]]
+            return {"case": case, "error": last}
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -211,6 +224,7 @@ def main():
     timeout = 1200.0
     if "--timeout" in args:
         timeout = float(args[args.index("--timeout") + 1])
+    mem_gb = float(args[args.index("--mem-gb") + 1]) if "--mem-gb" in args else 8.0
     if "--cases" in args:
         cases = args[args.index("--cases") + 1].split(",")
     else:
@@ -220,12 +234,13 @@ def main():
     import gradc
     print(f"gradc {gradc.__version__} bench_compile: numba {numba.__version__}, sympy "
           f"{sp.__version__}, python {sys.version.split()[0]}; one subprocess per case, "
-          f"timeout {timeout:.0f} s; batch of {N_DATA} for the first call")
+          f"timeout {timeout:.0f} s, address space <= {mem_gb:g} GB; batch of {N_DATA} for "
+          "the first call")
     print(f"gradc from {gradc_revision()}")
     rows = []
     for case in cases:
         t0 = time.perf_counter()
-        r = run_case(case, timeout)
+        r = run_case(case, timeout, mem_gb)
         r["wall"] = time.perf_counter() - t0
         rows.append(r)
         status = ("timeout" if "timeout" in r else "error: " + " ".join(r["error"])
@@ -287,6 +302,7 @@ def main():
 
 if __name__ == "__main__":
     if CHILD_FLAG in sys.argv:
+        _limit_memory()
         child(sys.argv[sys.argv.index(CHILD_FLAG) + 1])
     else:
         main()
