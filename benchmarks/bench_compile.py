@@ -262,7 +262,9 @@ def main():
     print(hdr)
     for r in rows:
         if "nodes" not in r:
-            print(f"  {r['case']:12s} {'-':>6s}  {('TIMEOUT after %.0f s' % r['timeout']) if 'timeout' in r else r['error']}")
+            why = (f"TIMEOUT after {r['timeout']:.0f} s" if "timeout" in r
+                   else "FAILED: " + " ".join(r["error"]))
+            print(f"  {r['case']:12s} {'-':>6s}  {why}")
             continue
         print(f"  {r['case']:12s} {r['nodes']:6d} {r['ir_vjp']:7d} {r['vg_lines']:8d} "
               + " ".join(f"{stage(r, s):9.4f}" for s in stages)

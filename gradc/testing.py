@@ -82,9 +82,21 @@ def check_grads(fn, params, *args, directions=3, eps=1e-6, rtol=1e-6, atol=1e-9,
 
 _MODULES = [
     {name: np.vectorize(getattr(math, fn), otypes=[float])
-     for name, fn in (("erf", "erf"), ("erfc", "erfc"), ("gamma", "gamma"), ("loggamma", "lgamma"))},
+     for name, fn in (("erf", "erf"), ("erfc", "erfc"), ("gamma", "gamma"), ("loggamma", "lgamma"))}
+    | {"step_": lambda x, h0=0.5: np.heaviside(x, h0)},
     "numpy",
 ]
+_STEP = sp.Function("step_")
+
+
+def _lambdify(args, expr):
+    """``sympy.lambdify`` with Heaviside as ``numpy.heaviside``.
+
+    sympy's numpy printer rewrites Heaviside as nested Piecewise ``select`` calls, which
+    fail when the argument holds a Min or Max (a condition list of floats).
+    """
+    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: _STEP(*e.args))
+    return sp.lambdify(args, expr, _MODULES)
 
 
 class _Flat:
@@ -141,8 +153,8 @@ def sympy_oracle(expr, wrt, data=(), consts=(), reduce="mean"):
     real = {s: sp.Symbol(s.name, real=True) for s in [*wrt, *data, *consts]}
     expr = expr.xreplace(real)
     args = [real[s] for s in [*wrt, *data, *consts]]
-    f = sp.lambdify(args, expr, _MODULES)
-    gs = [sp.lambdify(args, _almost_everywhere(sp.diff(expr, real[s])), _MODULES) for s in wrt]
+    f = _lambdify(args, expr)
+    gs = [_lambdify(args, _almost_everywhere(sp.diff(expr, real[s]))) for s in wrt]
 
     def value_and_grad(params, *rest):
         n = len(rest[0]) if data else 1
