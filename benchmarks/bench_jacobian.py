@@ -55,10 +55,7 @@ import sys
 
 if "--openblas-coretype" in sys.argv:  # must precede the first load of OpenBLAS
     os.environ["OPENBLAS_CORETYPE"] = sys.argv[sys.argv.index("--openblas-coretype") + 1]
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "NUMEXPR_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+import _single  # noqa: E402  (one thread per library, one CPU)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -549,6 +546,7 @@ def header(command):
                         ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
     print(f"gradc {gradc.__version__}, numpy {np.__version__}, numba {numba.__version__}, "
           f"python {sys.version.split()[0]}; numba target CPU {cpu}; {threads}")
+    print(_single.describe())
 
 
 def heap_env(state):

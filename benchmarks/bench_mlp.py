@@ -27,7 +27,8 @@ Each is written once in sympy with :mod:`gradc.nn`::
     fn = gradc.compile(loss, wrt=[W1, b1, W2, b2], data=[x, label])
 
 Everything runs single-threaded (NUMBA/OMP/OPENBLAS/MKL_NUM_THREADS=1 and XLA's Eigen pool
-off, unless already set).  Per-call times are medians over many samples; the cases are timed
+off, unless already set) and pinned to one CPU (``_single.py``; JAX otherwise uses a second
+core for parts of its jitted program; ``--no-pin`` to see that).  Per-call times are medians over many samples; the cases are timed
 round-robin (one sample of each case per round) so that machine noise hits all of them
 alike, and every ratio is taken between medians measured in one process.
 
@@ -82,10 +83,7 @@ import sys
 
 if "--openblas-coretype" in sys.argv:   # must precede the first load of OpenBLAS
     os.environ["OPENBLAS_CORETYPE"] = sys.argv[sys.argv.index("--openblas-coretype") + 1]
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "NUMEXPR_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+import _single  # noqa: E402  (one thread per library, one CPU)
 
 import json  # noqa: E402
 import math  # noqa: E402
@@ -572,6 +570,7 @@ def child(state, out_path):
     except Exception:  # noqa: BLE001
         pass
     print(f"BLAS: {blas_info()}")
+    print(_single.describe())
     rounds = int(option("--rounds", 0)) or None
     out = {}
     for key in keys:

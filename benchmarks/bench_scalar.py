@@ -50,10 +50,7 @@ AVX2_FEATURES = (
 if "--avx2" in sys.argv:
     os.environ.setdefault("NUMBA_CPU_NAME", "haswell")
     os.environ.setdefault("NUMBA_CPU_FEATURES", AVX2_FEATURES)
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "NUMEXPR_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+import _single  # noqa: E402  (one thread per library, one CPU)
 
 import json  # noqa: E402
 import math  # noqa: E402
@@ -354,6 +351,7 @@ def main():
     print(f"gradc {gradc.__version__} from {gradc_revision()}")
     print(f"numba target CPU: {numba.config.CPU_NAME or _host_cpu()}"
           f"{' (--avx2)' if '--avx2' in sys.argv else ' (host)'}")
+    print(_single.describe())
 
     with tempfile.TemporaryDirectory(prefix="gradc-bench-inproc-") as cache:
         os.environ["GRADC_CACHE_DIR"] = cache

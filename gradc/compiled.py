@@ -357,7 +357,8 @@ class CompiledFunction:
         """Peak bytes of intermediate arrays each kernel holds at once for a batch of ``n``.
 
         Reverse mode keeps only the forward values its backward pass reads; arrays are
-        released after their last use.
+        released after their last use, and an elementwise result is written over an input
+        array that is dead after it (``tanh(W x)`` over ``W x``).
 
         Returns
         -------
@@ -370,8 +371,8 @@ class CompiledFunction:
         >>> from gradc import nn
         >>> x = sp.MatrixSymbol("x", 4, 1); W = sp.MatrixSymbol("W", 3, 4)
         >>> fn = gradc.compile(nn.sum(nn.tanh(W * x)), wrt=[W], data=[x], jit=False)
-        >>> fn.memory(100)["value"]  # W x and tanh(W x): 2 x 3 x 100 float64
-        4800
+        >>> fn.memory(100)["value"]  # tanh(W x) over W x, then row sums: (3 + 1) x 100 x 8
+        3200
         """
         from .codegen.arrays import peak_words
 

@@ -239,3 +239,39 @@ def test_jacobian_of_a_scalar_output_in_every_mode():
         assert J.shape == (2, 1, 2)
         np.testing.assert_allclose(J, Js[0], rtol=1e-14)
     np.testing.assert_allclose(Js[0][:, 0, 1], np.tanh(0.5 * T), rtol=1e-14)
+
+
+def test_kernels_reuse_dead_arrays_and_fuse_bias_sums():
+    expr, wrt, data, consts = MODELS["tanh_mlp"]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, jit=False)
+    src = fn.source.split("def value_and_grad")[1].split("\ndef ")[0]
+    # tanh(W1 x + b1) is written over the product W1 x, the backward tanh' over its input
+    assert src.count("# over dead") >= 2
+    # both bias gradients are column sums accumulated in the loops that make their terms
+    assert "_rt.colsum" not in src and src.count("[j] += s") == 2
+    # rows of 9 to 15 (10 classes) loop to a run-time count, so that LLVM vectorises them
+    # rather than unrolling them to scalar code; rows of 3 and 4 are left as they are
+    assert "_rt.opaque" not in fn.source
+    Z = sp.MatrixSymbol("Z", 10, m)
+    ten = gradc.compile(nn.cross_entropy(Z * nn.tanh(W1 * x), label), wrt=[Z, W1],
+                        data=[x, label], jit=False)
+    assert "for j in range(_rt.opaque(10)):" in ten.source
+    check_against_sympy(ten, _params(np.random.default_rng(1), [Z, W1]),
+                        np.random.default_rng(2).normal(size=(4, d)), np.arange(4) * 3,
+                        rtol=1e-10)
+
+
+def test_row_logsumexp_special_values():
+    from gradc.codegen import runtime
+
+    nan, inf = np.nan, np.inf
+    rows = np.array([[nan, 1.0, 2.0], [1.0, nan, 2.0], [1.0, 2.0, nan], [inf, 1.0, 2.0],
+                     [1.0, inf, 2.0], [-inf, -inf, -inf], [-inf, 0.0, 1.0], [1e3, 1e3, -1e3],
+                     [nan, nan, nan], [-inf, inf, 0.0], [0.5, -0.25, 3.0]])
+    got = runtime.rowlse(rows)
+    want = runtime.python.rowlse(rows)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-15, atol=0)
+    assert np.isnan(got[:3]).all() and got[3] == inf and got[5] == -inf
+    assert got[7] == pytest.approx(1e3 + np.log(2.0), rel=1e-15)

@@ -41,6 +41,10 @@ def peak_words(arrays, n):
                for k in range(last + 1))
 
 
+# structural primitives whose array results are fresh allocations (not views of inputs)
+_FRESH = frozenset({"matmul", "onehot", "place", "pick", "sum", "logsumexp", "batch_sum"})
+
+
 class ArrayKernel(KernelWriter):
     """One kernel of a matrix program; see the module docstring."""
 
@@ -52,28 +56,56 @@ class ArrayKernel(KernelWriter):
         lines = self.header() + [ind + s for s in self.prologue()]
         stages = self.stages(eqns)
         self.stored = set()
-        for stage in stages:
+        self.owned = set()  # arrays this kernel allocated and may overwrite once dead
+        self.reused = {}  # out id -> the id of the dead array whose buffer it took
+        self.sums_done = set()  # batch sums accumulated inside the loop producing their input
+        self.last_stage = self.last_uses(stages)
+        for k, stage in enumerate(stages):
             if registry[stage[0].prim].elementwise:
-                lines += [ind + s for s in self.fused(stage, eqns)]
+                lines += [ind + s for s in self.fused(stage, eqns, k, stages)]
             else:
                 (e,) = stage
+                if e.out.id in self.sums_done:
+                    continue
                 lines += [ind + s for s in registry[e.prim].emit_array(e, self)]
                 if e.prim not in ("transpose",):
                     self.stored.add(e.out.id)
+                if e.prim in _FRESH and (e.out.shape or e.out.batched):
+                    self.owned.add(e.out.id)
         lines.append(ind + "return " + self.returned(groups))
         self.memory = self.live_arrays(stages)
         return "\n".join(lines)
 
+    def last_uses(self, stages):
+        """{array id: index of the last stage reading it}, counting reads through aliases
+        (a transpose emits a view or the same array); kernel outputs live to the end."""
+        root, last = {}, {}
+        for k, stage in enumerate(stages):
+            for e in stage:
+                for a in e.inputs:
+                    if isinstance(a, Var):
+                        last[root.get(a.id, a.id)] = k
+                if e.prim == "transpose" and isinstance(e.inputs[0], Var):
+                    root[e.out.id] = root.get(e.inputs[0].id, e.inputs[0].id)
+        for i in self.out_ids:
+            last[root.get(i, i)] = len(stages)
+        self.alias_root = root
+        return last
+
     def live_arrays(self, stages):
         """(words per example, fixed words, first stage, last stage) of every array the
-        kernel allocates: the input of :func:`peak_words`."""
+        kernel allocates: the input of :func:`peak_words`.  An array written over a dead
+        one (see :meth:`donor`) extends that one's lifetime instead of adding its own."""
         where = {}
         for k, stage in enumerate(stages):
             for e in stage:
                 for a in e.inputs:
                     if isinstance(a, Var) and a.id in where:
                         where[a.id][3] = k
-                if e.out.id in self.stored and (e.out.shape or e.out.batched):
+                if e.out.id in self.reused:
+                    where[e.out.id] = where.pop(self.reused[e.out.id])
+                    where[e.out.id][3] = k
+                elif e.out.id in self.stored and (e.out.shape or e.out.batched):
                     size = e.out.shape[0] * e.out.shape[1] if e.out.shape else 1
                     per, fixed = (size, 0) if e.out.batched else (0, size)
                     where[e.out.id] = [per, fixed, k, k]
@@ -129,18 +161,38 @@ class ArrayKernel(KernelWriter):
         return out
 
     # -- fused elementwise loops ----------------------------------------------------------
-    def fused(self, group, eqns):
+    def fused(self, group, eqns, k, stages):
         members = {e.out.id for e in group}
         last = group[-1]
-        later = [e for e in eqns if e not in group]
+        isb, extent = _space(last.out)
+        # Column sums over the batch of values made here are accumulated in this loop, in
+        # the batch order of _rt.colsum (same result); not under prange (a data race).
+        sums = [] if self.parallel or not (isb and extent) else [
+            s[0] for s in stages[k + 1:] if s[0].prim == "batch_sum"
+            and isinstance(s[0].inputs[0], Var) and s[0].inputs[0].id in members]
+        self.sums_done.update(e.out.id for e in sums)
+        later = [e for e in eqns if e not in group and e not in sums]
         used_later = {a.id for e in later for a in e.inputs if isinstance(a, Var)}
         stored = [e for e in group if e.out.id in used_later or e.out.id in self.out_ids]
         self.stored.update(e.out.id for e in stored)
-        isb, extent = _space(last.out)
-        lines = [s for e in stored for s in self.alloc(e.out)]
+        self.stored.update(e.out.id for e in sums)
+        self.owned.update(e.out.id for e in stored)
+        lines = []
+        taken = set()
+        for e in stored:
+            donor = self.donor(e.out, group, members, k, taken)
+            if donor is None:
+                lines += self.alloc(e.out)
+            else:
+                taken.add(donor.id)
+                self.reused[e.out.id] = donor.id
+                lines.append(f"{self.name(e.out)} = {self.name(donor)}  # over dead {self.name(donor)}")
+        lines += [f"a{e.out.id} = np.zeros({extent})" for e in sums]
         outer = "prange" if self.parallel else "range"
         if isb and extent:
-            idx, loops = "i, j", [f"for i in {outer}(n):", f"    for j in range({extent}):"]
+            # a short constant row (< 16) would be unrolled and left scalar; see _rt.opaque
+            width = f"_rt.opaque({extent})" if 8 < extent < 16 else str(extent)
+            idx, loops = "i, j", [f"for i in {outer}(n):", f"    for j in range({width}):"]
         elif isb:
             idx, loops = "i", [f"for i in {outer}(n):"]
         elif extent:
@@ -159,9 +211,27 @@ class ArrayKernel(KernelWriter):
                 body.append(f"{self.name(e.out)} = {expr}")
         if loops:
             body += [f"{self.name(e.out)}[{idx}] = s{e.out.id}" for e in stored]
+            body += [f"a{e.out.id}[j] += s{e.inputs[0].id}" for e in sums]
             pad = "    " * len(loops)
-            return lines + loops + [pad + s for s in body]
+            after = [f"{self.name(e.out)} = a{e.out.id}.reshape({e.inputs[0].shape})" for e in sums]
+            return lines + loops + [pad + s for s in body] + after
         return body
+
+    def donor(self, out, group, members, k, taken):
+        """A dead array ``out`` can be written over, or None: one this kernel allocated,
+        with ``out``'s storage, read by this loop only at the element being written (so
+        every read of an element comes before its store) and never read again."""
+        if not (out.batched or out.shape):
+            return None
+        for e in group:
+            for a in e.inputs:
+                if (isinstance(a, Var) and a.id not in members and a.id not in taken
+                        and a.id in self.owned and a.id not in self.alias_root
+                        and a.id not in self.out_ids and self.last_stage.get(a.id) == k
+                        and a.batched == out.batched and _space(a) == _space(out)
+                        and (a.batched or a.shape == out.shape)):
+                    return a
+        return None
 
     def access(self, atom, isb, extent, members):
         if isinstance(atom, Lit):
