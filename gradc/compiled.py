@@ -27,6 +27,7 @@ import sympy as sp
 
 from . import __version__, backend
 from .ad import jvp_program, vjp_program
+from .codegen import runtime as _runtime
 from .codegen.emit import generate
 from .errors import GradcError, short
 from .frontend import check_roles, lower, postorder, structural_key
@@ -288,9 +289,16 @@ class CompiledFunction:
 
     def _check_labels(self, sym, arr):
         k = self._labels[sym]
-        if arr.size and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
-            raise GradcError(f"data {sym}: labels must be integers, got {arr[arr != np.round(arr)][:3]}")
-        if arr.size and (arr.min() < 0 or arr.max() >= k):
+        if not arr.size:
+            return
+        if arr.dtype.kind == "f" or arr.dtype.kind == "i" and arr.dtype.itemsize == 8:
+            bad, lo, hi = _runtime.label_stats(arr)  # one pass, compiled
+        else:
+            bad, lo, hi = 0, arr.min(), arr.max()
+        if bad:
+            wrong = arr[~(np.isfinite(arr) & (arr == np.round(arr)))][:3]
+            raise GradcError(f"data {sym}: labels must be integers, got {wrong}")
+        if lo < 0 or hi >= k:
             raise GradcError(
                 f"data {sym}: labels must be in 0..{k - 1} (there are {k} classes), "
                 f"got values from {arr.min():g} to {arr.max():g}"

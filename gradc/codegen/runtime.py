@@ -182,6 +182,21 @@ def _label(value, m):
     return k
 
 
+def label_stats(idx):
+    """(number of non-integer or non-finite entries, min, max) of a label array, in one
+    pass (the argument check of ``CompiledFunction`` calls)."""
+    bad = 0
+    lo, hi = np.inf, -np.inf
+    for v in idx.ravel():
+        x = float(v)
+        if not (abs(x) < np.inf and x == np.floor(x)):
+            bad += 1
+        else:
+            lo = min(lo, x)
+            hi = max(hi, x)
+    return bad, lo, hi
+
+
 def pick(z, idx):
     """z[i, idx[i]] for every row i."""
     n, m = z.shape
@@ -239,5 +254,7 @@ python.onehot = lambda idx, m: np.eye(m)[_np_labels(idx, m)]
 
 _lse_row = _jit(_lse_row)
 _label = _jit(_label)
-for _n in ("colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot"):
+python.label_stats = label_stats
+for _n in ("colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
+           "label_stats"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])
