@@ -318,9 +318,8 @@ class CompiledFunction:
             return [self._grad_entry(s, g) for s, g in zip(self.wrt, o)]
         return _plain(o)
 
-    @staticmethod
-    def _grad_entry(sym, g):
-        shape = _shape(sym)
+    def _grad_entry(self, sym, g):
+        shape = self._shapes[sym]
         if shape and np.ndim(g) == 0:
             return np.full(shape, float(g))
         return _plain(g)
