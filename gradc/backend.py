@@ -19,6 +19,9 @@ entry whose file is missing, truncated or altered is detected by that hash and r
 (atomically, so concurrent processes never see half a file).  Keys are content hashes that
 include gradc's own source, so entries made by another gradc version are never reused.
 :func:`lookup` returns the source of a cached entry (used to skip the sympy work entirely).
+The cache is kept under ``$GRADC_CACHE_MAX_MB`` MiB (default 1024; 0 for no limit) by
+removing the least recently used entries whenever a new one is written (:func:`prune`);
+``gradc cache`` shows it and ``gradc cache --clear`` empties it.
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def lookup(key: str) -> str | None:
-    """The source stored under ``key``, or None if absent or corrupted."""
+    """The source stored under ``key``, or None if absent or corrupted.  A hit marks the
+    entry as used now (the mtime of its ``meta.json``), for :func:`prune`."""
     entry = cache_dir() / key
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
@@ -119,7 +123,66 @@ def lookup(key: str) -> str | None:
         return None
     if meta.get("sha256") != _sha(source):
         return None
+    try:
+        os.utime(entry / "meta.json")
+    except OSError:
+        pass
     return source
+
+
+#: Default size limit of the disk cache in MiB (``$GRADC_CACHE_MAX_MB``; 0: no limit).
+CACHE_MAX_MB = 1024
+
+
+def entries() -> list[dict]:
+    """Every cache entry: ``{"key", "path", "bytes", "used"}`` (used: a POSIX time)."""
+    root = cache_dir()
+    out = []
+    if not root.is_dir():
+        return out
+    for entry in root.iterdir():
+        meta = entry / "meta.json"
+        if not entry.is_dir() or not meta.exists():
+            continue
+        try:
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            used = meta.stat().st_mtime
+        except OSError:  # removed by another process meanwhile
+            continue
+        out.append({"key": entry.name, "path": entry, "bytes": size, "used": used})
+    return out
+
+
+def prune(max_bytes: int | None = None, keep=()) -> list[str]:
+    """Remove the least recently used entries until the cache holds at most ``max_bytes``
+    (default ``$GRADC_CACHE_MAX_MB`` MiB, else :data:`CACHE_MAX_MB`; 0: no limit).  Keys in
+    ``keep`` and entries loaded by this process stay.  Returns the removed keys.
+
+    A process that has an entry's module loaded keeps working if another removes it: numba
+    compiles again where its cache files are gone."""
+    import shutil
+
+    if max_bytes is None:
+        mb = os.environ.get("GRADC_CACHE_MAX_MB", "")
+        try:
+            max_bytes = int(float(mb) * 2**20) if mb.strip() else CACHE_MAX_MB * 2**20
+        except ValueError:
+            max_bytes = CACHE_MAX_MB * 2**20
+    if max_bytes <= 0:
+        return []
+    found = entries()
+    total = sum(e["bytes"] for e in found)
+    protected = set(keep) | {k for k, _ in _loaded}
+    removed = []
+    for e in sorted(found, key=lambda e: e["used"]):
+        if total <= max_bytes:
+            break
+        if e["key"] in protected:
+            continue
+        shutil.rmtree(e["path"], ignore_errors=True)
+        total -= e["bytes"]
+        removed.append(e["key"])
+    return removed
 
 
 def store(key: str, source: str) -> Path:
@@ -135,6 +198,7 @@ def store(key: str, source: str) -> Path:
             f.unlink(missing_ok=True)
     _write_atomic(path, source)
     _write_atomic(entry / "meta.json", json.dumps({"sha256": _sha(source), "key": key}))
+    prune(keep=(key,))
     return path
 
 

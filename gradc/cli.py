@@ -8,7 +8,8 @@ the Python file: a :class:`gradc.CompiledFunction`, a dict of :func:`gradc.compi
 arguments (``expr``, ``wrt``, ``data``, ``consts``), or a function returning either.
 ``gradc compare FILE.py:NAME`` also compiles every mode, times it on random inputs of the
 right shapes and prints predicted against measured time.  ``gradc export FILE.py:NAME -o
-OUT.py`` writes the kernels as a standalone module (:mod:`gradc.export`).
+OUT.py`` writes the kernels as a standalone module (:mod:`gradc.export`).  ``gradc cache``
+prints where the disk cache is and its size; ``gradc cache --clear`` empties it.
 
 Every subcommand returns exit status 0 on success; a :class:`gradc.GradcError` prints its
 message and exits with status 2, never a traceback.
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     ex = sub.add_parser("export", help="write FILE.py:NAME's kernels as a standalone module")
     ex.add_argument("target", help="FILE.py:NAME")
     ex.add_argument("-o", "--output", required=True, help="the module file to write")
+    ca = sub.add_parser("cache", help="show (or --clear) the disk cache of compiled kernels")
+    ca.add_argument("--clear", action="store_true", help="remove every entry")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -60,10 +63,26 @@ def main(argv=None) -> int:
             target = load_target(args.target)
             fn = target.pop("fn", None) or gradc_compile(**target)
             print(f"wrote {fn.export(args.output)}")
+        elif args.command == "cache":
+            cache_command(clear=args.clear)
     except GradcError as e:
         print(f"gradc: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cache_command(clear=False):
+    """Print the disk cache's folder, entries and size; with ``clear``, empty it first."""
+    from . import backend
+
+    if clear:
+        removed = backend.prune(max_bytes=1, keep=())
+        print(f"removed {len(removed)} entries")
+    found = backend.entries()
+    size = sum(e["bytes"] for e in found) / 2**20
+    limit = backend.os.environ.get("GRADC_CACHE_MAX_MB") or backend.CACHE_MAX_MB
+    print(f"{backend.cache_dir()}: {len(found)} entries, {size:.1f} MiB "
+          f"(limit {limit} MiB, $GRADC_CACHE_MAX_MB)")
 
 
 def load_target(target: str) -> dict:

@@ -121,3 +121,28 @@ def test_user_functions_with_the_same_name_do_not_share_a_cache_key():
 
     assert structural_key(act(x)) != first
     assert structural_key(sp.tanh(x)) == structural_key(sp.tanh(x))
+
+
+def test_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch, capsys):
+    from gradc import backend, cli
+
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path))
+    for i, key in enumerate(["old", "mid", "new"]):
+        backend.store(key, f"# entry {i}\n")
+        (tmp_path / key / "__pycache__").mkdir(exist_ok=True)
+        (tmp_path / key / "__pycache__" / "blob.nbc").write_bytes(b"x" * 100_000)
+        os.utime(tmp_path / key / "meta.json", (1000.0 + i, 1000.0 + i))
+    assert backend.lookup("old") == "# entry 0\n"  # a hit makes "old" the most recent
+    sizes = {e["key"]: e["bytes"] for e in backend.entries()}
+    assert set(sizes) == {"old", "mid", "new"} and min(sizes.values()) > 100_000
+    assert backend.prune(max_bytes=sum(sizes.values()) - 1) == ["mid"]
+    assert backend.prune(max_bytes=1, keep=("new",)) == ["old"]
+    assert [e["key"] for e in backend.entries()] == ["new"]
+    assert backend.prune(max_bytes=0) == []  # 0: no limit
+    monkeypatch.setenv("GRADC_CACHE_MAX_MB", "0.05")  # 52 kB: the next store evicts "new"
+    backend.store("newest", "# entry 3\n")
+    assert [e["key"] for e in backend.entries()] == ["newest"]
+    assert cli.main(["cache"]) == 0
+    assert "1 entries" in capsys.readouterr().out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out and backend.entries() == []
