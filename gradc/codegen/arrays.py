@@ -223,9 +223,13 @@ class ArrayKernel(KernelWriter):
         every read of an element comes before its store) and never read again."""
         if not (out.batched or out.shape):
             return None
+        # an array this loop also reads through a transposed view is read out of place
+        viewed = {self.alias_root[a.id] for e in group for a in e.inputs
+                  if isinstance(a, Var) and a.id in self.alias_root}
         for e in group:
             for a in e.inputs:
                 if (isinstance(a, Var) and a.id not in members and a.id not in taken
+                        and a.id not in viewed
                         and a.id in self.owned and a.id not in self.alias_root
                         and a.id not in self.out_ids and self.last_stage.get(a.id) == k
                         and a.batched == out.batched and _space(a) == _space(out)
