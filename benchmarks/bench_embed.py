@@ -98,8 +98,17 @@ def scaling():
         assert abs(vs - vp) <= 1e-12 * abs(vs)
         t1 = median(lambda: s.value_and_grad(*args), repeat=30)
         tp = median(lambda: pf.value_and_grad(*args), repeat=30)
-        print(f"    {name:<28} serial {t1 * 1e3:8.2f} ms  parallel {tp * 1e3:8.2f} ms  "
-              f"speed-up {t1 / tp:.2f}x")
+        line = (f"    {name:<28} serial {t1 * 1e3:8.2f} ms  parallel {tp * 1e3:8.2f} ms  "
+                f"speed-up {t1 / tp:.2f}x")
+        try:  # the matrix products are BLAS's: let it use the same number of threads
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            threadpool_limits = None
+        if threadpool_limits is not None:
+            with threadpool_limits(limits=threads, user_api="blas"):
+                tb = median(lambda: pf.value_and_grad(*args), repeat=30)
+            line += f"  (with BLAS at {threads} threads: {tb * 1e3:.2f} ms, {t1 / tb:.2f}x)"
+        print(line)
 
 
 if __name__ == "__main__":

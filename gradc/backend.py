@@ -55,7 +55,16 @@ class _CheckedFunctionCache(FunctionCache):
 
 
 def njit(fn, *, parallel: bool = False):
-    """The one place gradc calls ``numba.njit``: every kernel gets these options."""
+    """The one place gradc calls ``numba.njit``: every kernel gets these options.
+
+    Before the first parallel kernel, ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (unless
+    set): with OpenMP's default active wait, numba's idle pool threads spin after each
+    ``prange`` loop and take the core from the matrix product that follows; a 64-128-10
+    MLP kernel with ``parallel=True`` then ran at half the serial speed on 2 cores
+    (``benchmarks/bench_embed.py``).  It only takes effect if OpenMP is not loaded yet.
+    """
+    if parallel:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     disp = numba.njit(fn, cache=True, error_model="numpy", parallel=parallel, nogil=True)
     disp._cache = _CheckedFunctionCache(disp.py_func)
     return disp

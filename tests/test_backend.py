@@ -146,3 +146,16 @@ def test_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch, capsys
     assert "1 entries" in capsys.readouterr().out
     assert cli.main(["cache", "--clear"]) == 0
     assert "removed 1 entries" in capsys.readouterr().out and backend.entries() == []
+
+
+def test_parallel_kernels_make_openmp_wait_passively(monkeypatch):
+    from gradc import backend
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    backend.njit(lambda a: a, parallel=False)
+    assert "OMP_WAIT_POLICY" not in os.environ
+    backend.njit(lambda a: a, parallel=True)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice stays
+    backend.njit(lambda a: a, parallel=True)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
