@@ -291,8 +291,13 @@ class CompiledFunction:
         k = self._labels[sym]
         if not arr.size:
             return
-        if arr.dtype.kind == "f" or arr.dtype.kind == "i" and arr.dtype.itemsize == 8:
+        dt = arr.dtype
+        if dt.kind in "fi" and dt.itemsize in (4, 8) and dt.isnative:
             bad, lo, hi = _runtime.label_stats(arr)  # one pass, compiled
+        elif dt.kind == "f":  # float16, long double, other byte orders: numpy
+            ok = np.isfinite(arr) & (arr == np.round(arr))
+            bad = int(np.count_nonzero(~ok))
+            lo, hi = (arr[ok].min(), arr[ok].max()) if bad < arr.size else (0, 0)
         else:
             bad, lo, hi = 0, arr.min(), arr.max()
         if bad:

@@ -275,3 +275,35 @@ def test_row_logsumexp_special_values():
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-15, atol=0)
     assert np.isnan(got[:3]).all() and got[3] == inf and got[5] == -inf
     assert got[7] == pytest.approx(1e3 + np.log(2.0), rel=1e-15)
+
+
+def test_an_element_of_a_batch_of_one_is_not_overwritten():
+    # with one example, h[:, 0] is contiguous: it must be a copy, not a view of h, or
+    # tanh(h) written over the dead h changes it (review finding)
+    from sympy.matrices.expressions.matexpr import MatrixElement
+
+    h = W1 * x
+    expr = nn.sum(nn.tanh(h)) + MatrixElement(h, 0, 0) ** 2
+    fn = gradc.compile(expr, wrt=[W1], data=[x], jit=False)
+    rng = np.random.default_rng(0)
+    Wv, X = rng.normal(size=(m, d)), rng.normal(size=(1, d))
+    check_against_sympy(fn, [Wv], X, rtol=1e-10)
+    g1 = fn.grad([Wv], X)[0]
+    g2 = fn.grad([Wv], np.repeat(X, 2, axis=0))[0]  # the mean of two equal examples
+    np.testing.assert_allclose(g1, g2, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", ">f8", ">i8", "int32", "uint8",
+                                   "longdouble"])
+def test_label_dtypes(dtype):
+    expr, wrt, data, consts = MODELS["tanh_mlp"]()
+    fn = gradc.compile(expr, wrt=wrt, data=data, jit=False)
+    rng = np.random.default_rng(0)
+    params, (X, labels) = _params(rng, wrt), _args(rng, data, consts, 4)
+    want = fn.value(params, X, labels)
+    assert fn.value(params, X, labels.astype(dtype)) == want
+    with pytest.raises(GradcError, match="labels must be in 0..2"):
+        fn.value(params, X, (labels + 3).astype(dtype))
+    if np.dtype(dtype).kind == "f":
+        with pytest.raises(GradcError, match="labels must be integers"):
+            fn.value(params, X, (labels + 0.5).astype(dtype))

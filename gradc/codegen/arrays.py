@@ -59,6 +59,7 @@ class ArrayKernel(KernelWriter):
         self.owned = set()  # arrays this kernel allocated and may overwrite once dead
         self.reused = {}  # out id -> the id of the dead array whose buffer it took
         self.sums_done = set()  # batch sums accumulated inside the loop producing their input
+        self.sum_stage = {}
         self.last_stage = self.last_uses(stages)
         for k, stage in enumerate(stages):
             if registry[stage[0].prim].elementwise:
@@ -108,7 +109,7 @@ class ArrayKernel(KernelWriter):
                 elif e.out.id in self.stored and (e.out.shape or e.out.batched):
                     size = e.out.shape[0] * e.out.shape[1] if e.out.shape else 1
                     per, fixed = (size, 0) if e.out.batched else (0, size)
-                    where[e.out.id] = [per, fixed, k, k]
+                    where[e.out.id] = [per, fixed, self.sum_stage.get(e.out.id, k), k]
         for i in self.out_ids:
             if i in where:
                 where[i][3] = len(stages)
@@ -171,6 +172,7 @@ class ArrayKernel(KernelWriter):
             s[0] for s in stages[k + 1:] if s[0].prim == "batch_sum"
             and isinstance(s[0].inputs[0], Var) and s[0].inputs[0].id in members]
         self.sums_done.update(e.out.id for e in sums)
+        self.sum_stage.update((e.out.id, k) for e in sums)  # its accumulator lives from here
         later = [e for e in eqns if e not in group and e not in sums]
         used_later = {a.id for e in later for a in e.inputs if isinstance(a, Var)}
         stored = [e for e in group if e.out.id in used_later or e.out.id in self.out_ids]

@@ -361,7 +361,9 @@ class Element(Primitive):
         src, out = ctx.name(a), ctx.name(eqn.out)
         if batched(a):
             flat = i * shape_of(a)[1] + j
-            return [f"{out} = np.ascontiguousarray({src}[:, {flat}])"]
+            # a copy: with one example the column is contiguous and ascontiguousarray
+            # would return a view, which array kernels may later write over
+            return [f"{out} = {src}[:, {flat}].copy()"]
         return [f"{out} = {src}[{i}, {j}]"]
 
 

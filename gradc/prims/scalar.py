@@ -91,7 +91,8 @@ def placeholder(i: int) -> sp.Symbol:
 # follows gradc's conventions, differentiates, and swaps back.  Because both forward and
 # reverse mode take their partials from :func:`partials`, the conventions are identical in
 # both modes, wherever the function appears in a body:
-#   Max(x, 0)'(0) = relu'(0) = 0; in a tie of Max or Min every tied argument gets 0;
+#   Max(x, 0)'(0) = relu'(0) = 0 (a number argument is beaten only strictly); tied
+#   non-constant arguments of Max or Min share the derivative evenly;
 #   |x|'(0) = sign(0) = 0 (sympy's own rule); sign' = floor' = ceiling' = Heaviside' = 0.
 
 
@@ -106,11 +107,31 @@ class _Min(sp.Min):
 
 
 def _winner(args, i, sign):
-    """1 where args[i] strictly beats every other argument (by ``sign``), else 0."""
+    """The share of the derivative that args[i] of a Max (sign 1) or Min (sign -1) gets.
+
+    A number argument never shares: against it, args[i] must win strictly (so
+    ``Max(t, 0)'(0) = relu'(0) = 0``).  Among the other arguments tied for best, the
+    derivative is split evenly.  Two expressions tie on a whole region only where they are
+    the same function there, with the same derivative, so an even split gives the true
+    derivative (``Min(q, |q|)' = 1`` for q > 0, where "0 for every tied argument" gave 0);
+    at a kink it is the mean of the one-sided derivatives, a subgradient.
+    """
+    ai = args[i]
+    if ai.is_Number:
+        return sp.S.Zero
     out = sp.Integer(1)
-    for j, aj in enumerate(args):
-        if j != i:
-            out *= sp.Heaviside(sign * (args[i] - aj), 0)
+    for aj in args:
+        if aj.is_Number:
+            out *= sp.Heaviside(sign * (ai - aj), 0)
+    rivals = [aj for j, aj in enumerate(args) if j != i and not aj.is_Number]
+    if len(rivals) == 1:
+        return out * sp.Heaviside(sign * (ai - rivals[0]), sp.Rational(1, 2))
+    if rivals:  # 1 for each argument tied for best, divided by how many are
+        best = [sp.Mul(*[sp.Heaviside(sign * (ak - al), 1) for al in others])
+                for ak, others in ((ak, [al for al in args if al is not ak and not al.is_Number])
+                                   for ak in args if not ak.is_Number)]
+        mine = sp.Mul(*[sp.Heaviside(sign * (ai - aj), 1) for aj in rivals])
+        out *= mine / sp.Add(*best)
     return out
 
 
