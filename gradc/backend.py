@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import types
@@ -143,6 +144,9 @@ def lookup(key: str) -> str | None:
 CACHE_MAX_MB = 1024
 
 
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
 def entries() -> list[dict]:
     """Every cache entry: ``{"key", "path", "bytes", "used"}`` (used: a POSIX time)."""
     root = cache_dir()
@@ -151,11 +155,12 @@ def entries() -> list[dict]:
         return out
     for entry in root.iterdir():
         meta = entry / "meta.json"
-        if not entry.is_dir() or not meta.exists():
+        # an entry, or what numba left of one another process removed (no meta.json)
+        if not entry.is_dir() or not (meta.exists() or _KEY.fullmatch(entry.name)):
             continue
         try:
             size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-            used = meta.stat().st_mtime
+            used = (meta if meta.exists() else entry).stat().st_mtime
         except OSError:  # removed by another process meanwhile
             continue
         out.append({"key": entry.name, "path": entry, "bytes": size, "used": used})

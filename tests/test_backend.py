@@ -139,6 +139,11 @@ def test_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch, capsys
     assert backend.prune(max_bytes=1, keep=("new",)) == ["old"]
     assert [e["key"] for e in backend.entries()] == ["new"]
     assert backend.prune(max_bytes=0) == []  # 0: no limit
+    orphan = tmp_path / ("0" * 32) / "__pycache__"  # numba's files of a removed entry
+    orphan.mkdir(parents=True)
+    (orphan / "blob.nbc").write_bytes(b"x" * 10)
+    os.utime(orphan.parent, (500.0, 500.0))
+    assert backend.prune(max_bytes=sizes["new"]) == ["0" * 32]
     monkeypatch.setenv("GRADC_CACHE_MAX_MB", "0.05")  # 52 kB: the next store evicts "new"
     backend.store("newest", "# entry 3\n")
     assert [e["key"] for e in backend.entries()] == ["newest"]
