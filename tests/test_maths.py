@@ -207,3 +207,16 @@ def test_random_expressions_against_sympy(expr, seed):
     for i in range(len(wrt)):
         _, dot = fn.jvp(params, np.eye(len(wrt))[i], X, Y)
         np.testing.assert_allclose(dot, g[:, i], rtol=1e-9, atol=1e-12 * scale, equal_nan=True)
+
+
+def test_max_min_ties_share_the_derivative():
+    a, b, c, q = sp.symbols("a b c q")
+    m3 = gradc.compile(sp.Max(a, b, c, 0), wrt=[a, b, c], jit=False)
+    np.testing.assert_array_equal(m3.grad([1.0, 1.0, 1.0]), [1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_array_equal(m3.grad([1.0, 1.0, 0.5]), [0.5, 0.5, 0.0])
+    np.testing.assert_array_equal(m3.grad([2.0, 1.0, 1.0]), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(m3.grad([0.0, 0.0, -1.0]), [0.0, 0.0, 0.0])  # vs the 0
+    mn = gradc.compile(sp.Min(a, b), wrt=[a, b], jit=False)
+    np.testing.assert_array_equal(mn.grad([1.0, 1.0]), [0.5, 0.5])
+    same = gradc.compile(sp.Min(q, sp.Abs(q)), wrt=[q], jit=False)  # equal to q
+    assert same.grad([0.7])[0] == 1.0 and same.grad([-0.7])[0] == 1.0

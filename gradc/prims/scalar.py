@@ -119,20 +119,16 @@ def _winner(args, i, sign):
     ai = args[i]
     if ai.is_Number:
         return sp.S.Zero
-    out = sp.Integer(1)
-    for aj in args:
-        if aj.is_Number:
-            out *= sp.Heaviside(sign * (ai - aj), 0)
-    rivals = [aj for j, aj in enumerate(args) if j != i and not aj.is_Number]
-    if len(rivals) == 1:
-        return out * sp.Heaviside(sign * (ai - rivals[0]), sp.Rational(1, 2))
-    if rivals:  # 1 for each argument tied for best, divided by how many are
-        best = [sp.Mul(*[sp.Heaviside(sign * (ak - al), 1) for al in others])
-                for ak, others in ((ak, [al for al in args if al is not ak and not al.is_Number])
-                                   for ak in args if not ak.is_Number)]
-        mine = sp.Mul(*[sp.Heaviside(sign * (ai - aj), 1) for aj in rivals])
-        out *= mine / sp.Add(*best)
-    return out
+    out = sp.Mul(*[sp.Heaviside(sign * (ai - aj), 0) for aj in args if aj.is_Number])
+    rest = [a for a in args if not a.is_Number]  # ai among them
+    if len(rest) == 2:  # 1 if ai wins, 1/2 at the tie
+        (aj,) = [a for a in rest if a is not ai]
+        return out * sp.Heaviside(sign * (ai - aj), sp.Rational(1, 2))
+
+    def tied_for_best(ak):  # 1 if ak is at least as good as every other one, else 0
+        return sp.Mul(*[sp.Heaviside(sign * (ak - al), 1) for al in rest if al is not ak])
+
+    return out * tied_for_best(ai) / sp.Add(*[tied_for_best(ak) for ak in rest])
 
 
 def _flat(base):
