@@ -27,3 +27,35 @@ def describe():
     if PINNED is None:
         return "threads: 1 per library, process not pinned"
     return f"threads: 1 per library, process pinned to CPU {PINNED}"
+
+
+def jax_case(loss, *args):
+    """The JAX row of a benchmark: ``jax.jit(jax.value_and_grad(loss))`` on float64 device
+    copies of ``args``.  Returns ``(call, result, first_call_seconds, version)``, where
+    ``result()`` gives ``(value, gradient)`` as numpy (a list for a tuple of params), or
+    None when jax is not importable.  ``loss`` is called with ``jax.numpy`` arrays."""
+    import time
+
+    try:
+        import jax
+    except Exception:  # noqa: BLE001 - jax is an optional peer
+        return None
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    vg = jax.jit(jax.value_and_grad(loss))
+    dev = [jax.tree_util.tree_map(jax.numpy.asarray, a) for a in args]
+
+    def call():
+        return jax.block_until_ready(vg(*dev))
+
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+
+    def result():
+        val, g = call()
+        return float(val), ([np.asarray(a) for a in g] if isinstance(g, (tuple, list))
+                            else np.asarray(g))
+
+    return call, result, first, jax.__version__

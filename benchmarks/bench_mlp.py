@@ -303,11 +303,9 @@ def make_jax(act, params, X, y):
     """(call, result, first_call_seconds, version), or None when jax is not importable."""
     try:
         import jax
+        import jax.numpy as jnp
     except Exception:  # noqa: BLE001 - jax is an optional peer
         return None
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
     f = jnp.tanh if act == "tanh" else (lambda z: jnp.maximum(z, 0.0))
 
     def loss(p, X, y):
@@ -320,25 +318,7 @@ def make_jax(act, params, X, y):
         picked = jnp.take_along_axis(h, y[:, None], axis=1)[:, 0]
         return jnp.mean(lse - picked)
 
-    vg = jax.jit(jax.value_and_grad(loss))
-    pj = tuple(jnp.asarray(p) for p in params)
-    Xj, yj = jnp.asarray(X), jnp.asarray(y)
-    assert Xj.dtype == jnp.float64
-
-    def call():
-        out = vg(pj, Xj, yj)
-        jax.block_until_ready(out)
-        return out
-
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-
-    def result():
-        val, g = call()
-        return float(val), [np.asarray(a) for a in g]
-
-    return call, result, first, jax.__version__
+    return _single.jax_case(loss, tuple(params), X, y)
 
 
 # ------------------------------------------------------------------------------ timing

@@ -199,37 +199,18 @@ def numba_vg(p, X, Y):
 
 
 def make_jax(params, X, Y):
-    """The JAX row, or None when jax is not importable.  Returns (call, first_call_seconds)."""
+    """The JAX row, or None when jax is not importable: (call, result, first, version)."""
     try:
-        import jax
+        import jax.numpy as jnp
     except Exception:  # noqa: BLE001 - jax is an optional peer
         return None
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
 
     def loss(p, X, Y):
         f = (p[6] + p[7] * jnp.tanh(p[0] * X + p[3]) + p[8] * jnp.tanh(p[1] * X + p[4])
              + p[9] * jnp.tanh(p[2] * X + p[5]))
         return jnp.mean((f - Y) ** 2)
 
-    vg = jax.jit(jax.value_and_grad(loss))
-    pj, Xj, Yj = jnp.asarray(params), jnp.asarray(X), jnp.asarray(Y)
-    assert pj.dtype == jnp.float64
-
-    def call():
-        out = vg(pj, Xj, Yj)
-        jax.block_until_ready(out)
-        return out
-
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-
-    def result():
-        val, g = call()
-        return float(val), np.asarray(g)
-
-    return call, result, first, jax.__version__
+    return _single.jax_case(loss, params, X, Y)
 
 
 # ------------------------------------------------------------------------------ timing

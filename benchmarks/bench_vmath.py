@@ -15,7 +15,9 @@ for each function as
 
 and the speed-up ratios math/vmath and numpy/vmath.  It also reports the SIMD
 width LLVM chose for each vmath loop (``<N x double>`` in the IR) and whether
-ymm/zmm registers appear in the assembly.
+ymm/zmm registers appear in the assembly.  Last, ``exp`` over rows of L values with L
+a literal constant against ``_rt.opaque(L)`` (the trip count gradc's array kernels use
+for rows of 9 to 15 values).
 """
 
 import os
@@ -40,6 +42,7 @@ import numpy as np  # noqa: E402
 import numba  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gradc.codegen import runtime as _rt  # noqa: E402
 from gradc.codegen import vmath  # noqa: E402
 
 
@@ -147,6 +150,32 @@ CASES = [
 ]
 
 
+# Short rows: exp over an (n, L) array with the row length L as a literal constant (what a
+# kernel's loop over 10 classes would say) or hidden from LLVM by gradc's _rt.opaque (what
+# gradc's array kernels emit for 8 < L < 16).
+_ROW_SRC = """
+@numba.njit(error_model="numpy")
+def rows_const_{L}(x, out):
+    for i in range(x.shape[0]):
+        for j in range({L}):
+            out[i, j] = vmath.exp(x[i, j])
+
+
+@numba.njit(error_model="numpy")
+def rows_opaque_{L}(x, out):
+    for i in range(x.shape[0]):
+        for j in range(_rt.opaque({L})):
+            out[i, j] = vmath.exp(x[i, j])
+"""
+ROW_LENGTHS = (4, 10, 12, 16, 64)
+
+
+def row_loops(length):
+    ns = {"numba": numba, "vmath": vmath, "_rt": _rt}
+    exec(_ROW_SRC.format(L=length), ns)
+    return ns[f"rows_const_{length}"], ns[f"rows_opaque_{length}"]
+
+
 def median_ns_per_element(fn, x, out, samples, min_time=2e-3):
     fn(x, out)                                   # warm up / compile
     reps = 1
@@ -202,6 +231,15 @@ def main():
             tn = median_ns_per_element(npf, x, out, samples)
             width, regs = simd_report(vloop)
             print(f"{name:8s} {n:8d} {tv:8.2f} {tm:8.2f} {tn:8.2f}   {tm / tv:10.1f} {tn / tv:11.1f}  {width} {regs}")
+    print("\nexp over rows of L values, about 200,000 elements, ns/element: the row length as a "
+          "constant against _rt.opaque(L)")
+    for length in ROW_LENGTHS:
+        x = rng.uniform(-3.0, 0.0, (200_000 // length, length))
+        out = np.empty_like(x)
+        const, opaque = row_loops(length)
+        tc = median_ns_per_element(const, x, out, samples)
+        to = median_ns_per_element(opaque, x, out, samples)
+        print(f"  L = {length:3d}   constant {tc:6.2f}   opaque {to:6.2f}   constant/opaque {tc / to:5.2f}")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ def njit(fn, *, parallel: bool = False):
 
     Before the first parallel kernel, ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (unless
     set): with OpenMP's default active wait, numba's idle pool threads spin after each
-    ``prange`` loop and take the core from the matrix product that follows; a 64-128-10
-    MLP kernel with ``parallel=True`` then ran at half the serial speed on 2 cores
-    (``benchmarks/bench_embed.py``).  It only takes effect if OpenMP is not loaded yet.
+    ``prange`` loop and take the core from the matrix product that follows
+    (``OMP_WAIT_POLICY=ACTIVE python benchmarks/bench_embed.py`` shows the cost).  It only
+    takes effect if OpenMP is not loaded yet.
     """
     if parallel:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

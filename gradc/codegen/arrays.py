@@ -192,7 +192,7 @@ class ArrayKernel(KernelWriter):
         lines += [f"a{e.out.id} = np.zeros({extent})" for e in sums]
         outer = "prange" if self.parallel else "range"
         if isb and extent:
-            # a short constant row (< 16) would be unrolled and left scalar; see _rt.opaque
+            # a short constant row (9 to 15) would be unrolled and left scalar; see _rt.opaque
             width = f"_rt.opaque({extent})" if 8 < extent < 16 else str(extent)
             idx, loops = "i, j", [f"for i in {outer}(n):", f"    for j in range({width}):"]
         elif isb:

@@ -94,10 +94,10 @@ def _opaque(typingctx, k):
 def opaque(k):
     """``k``, hidden from LLVM's constant propagation.
 
-    A loop whose trip count is a small constant that is not a multiple of the vector width
-    (10 classes) gets fully unrolled and left scalar: about 5 ns per element for a loop
-    calling :func:`gradc.codegen.vmath.exp`, against 1.7 ns vectorised with a scalar
-    remainder when the count is only known at run time.
+    LLVM unrolls a loop whose trip count is a small constant that is not a multiple of the
+    vector width (10 classes) and leaves it scalar; with the count known only at run time
+    it vectorises, with a scalar remainder (``python benchmarks/bench_vmath.py`` measures
+    both for rows of 4 to 64 values).
     """
     return _opaque(k)
 
