@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from . import prims
 from .ir import Builder, Lit, Program, Var, type_of
-from .prims.array import batch_sum, broadcast, sum_elements
+from .prims.array import assemble, batch_sum, broadcast, spec_length, sum_elements
 
 
 def active_set(prog: Program) -> set:
@@ -85,6 +85,12 @@ def _tangent_of(atom, tangent):
 
 
 def unbroadcast(b, ct, var, per_example_ct=False, per_example=False):
+    """Bring a cotangent contribution to the type of ``var`` (see :func:`unbroadcast_to`)."""
+    shape, isb = type_of(var)
+    return unbroadcast_to(b, ct, shape, isb, per_example_ct, per_example)
+
+
+def unbroadcast_to(b, ct, shape, isb, per_example_ct=False, per_example=False):
     """Bring a cotangent contribution to the type of ``var``.
 
     ``per_example_ct`` says the contribution is one cotangent per example (it comes from
@@ -93,13 +99,40 @@ def unbroadcast(b, ct, var, per_example_ct=False, per_example=False):
     (unless ``per_example``: per-example gradients).  A matrix contribution for a scalar
     ``var`` is summed over its elements; a scalar one for a matrix is broadcast.
     """
-    shape, isb = type_of(var)
     cshape, cb = type_of(ct)
     if cshape != shape:
         ct = sum_elements(b, ct) if shape == () else broadcast(b, ct, shape)
     if (per_example_ct or cb) and not isb and not per_example:
         ct = batch_sum(b, ct)
     return ct
+
+
+def _part_shape(index):
+    """The shape of the part of a value that a :class:`gradc.prims.Scatter` index names."""
+    return () if isinstance(index[0], int) else (spec_length(index),)
+
+
+def _bring(b, c, a, from_batched, per_example):
+    """One contribution ``c`` for input ``a`` brought to ``a``'s type (a scattered one to
+    the type of its part)."""
+    if isinstance(c, prims.Summed):  # the rule summed over the batch already
+        return unbroadcast(b, c.atom, a, False, per_example)
+    if isinstance(c, prims.Scatter):
+        inner = unbroadcast_to(b, c.atom, _part_shape(c.index), a.batched, from_batched,
+                               per_example)
+        return prims.Scatter(inner, c.index)
+    return unbroadcast(b, c, a, from_batched, per_example)
+
+
+def total(b, parts, var):
+    """The sum of a value's cotangent contributions: an ``add`` of whole ones, and one
+    ``assemble`` when some are scattered parts."""
+    whole = [p for p in parts if not isinstance(p, prims.Scatter)]
+    scattered = [(p.atom, p.index) for p in parts if isinstance(p, prims.Scatter)]
+    dense = prims.add(b, whole)
+    if not scattered:
+        return dense
+    return assemble(b, var.shape, ([(dense, None)] if dense is not None else []) + scattered)
 
 
 def vjp_program(prog: Program, seed: str = "one", per_example: bool = False,
@@ -143,19 +176,19 @@ def vjp_program(prog: Program, seed: str = "one", per_example: bool = False,
         parts = contribs.pop(e.out.id, None)
         if not parts:
             continue
-        ct = unbroadcast(b, prims.add(b, parts), e.out, per_example=per_example)
+        ct = total(b, parts, e.out)
+        if ct is None:
+            continue
+        ct = unbroadcast(b, ct, e.out, per_example=per_example)
         is_active = [isinstance(a, Var) and a.id in active for a in e.inputs]
+        from_batched = e.out.batched and e.prim != "batch_sum"
         for a, c in zip(e.inputs, prims.registry[e.prim].vjp(b, e, ct, is_active)):
             if c is None:
                 continue
-            if isinstance(c, prims.Summed):  # the rule summed over the batch already
-                c = unbroadcast(b, c.atom, a, False, per_example)
-            else:
-                c = unbroadcast(b, c, a, e.out.batched and e.prim != "batch_sum", per_example)
-            contribs.setdefault(a.id, []).append(c)
+            contribs.setdefault(a.id, []).append(_bring(b, c, a, from_batched, per_example))
     grads = []
     for inp in prog.inputs_of("param"):
-        g = prims.add(b, contribs.get(inp.var.id, []))
+        g = total(b, contribs.get(inp.var.id, []), inp.var)
         g = Lit(0.0) if g is None else unbroadcast(b, g, inp.var, per_example=per_example)
         grads.append(g)
     names = list(prog.output_names) + [f"grad_{i.name}" for i in prog.inputs_of("param")]

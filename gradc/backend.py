@@ -216,12 +216,25 @@ def store(key: str, source: str) -> Path:
     return path
 
 
+def _python_vmath():
+    scalar = dict(exp=np.exp, log=np.log, tanh=np.tanh, expm1=np.expm1, log1p=np.log1p,
+                  # equal to 1/(1+exp(-x)), without overflow
+                  sigmoid=lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)))
+    space = dict(scalar)
+    for name, f in scalar.items():
+        space[name + "_s"] = f
+
+        def run(x, xo, out, oo, m, f=f):  # out[oo:oo+m] = f(x[xo:xo+m])
+            out[oo:oo + m] = f(x[xo:xo + m])
+
+        space[name + "_v"] = run
+    return types.SimpleNamespace(**space)
+
+
 #: numpy stand-ins for gradc's vectorised maths kernels on the ``jit=False`` path
-#: (correctly rounded or within 1 ulp; the kernels are within 2 ulp of these).
-PYTHON_VMATH = types.SimpleNamespace(
-    exp=np.exp, log=np.log, tanh=np.tanh, expm1=np.expm1, log1p=np.log1p,
-    sigmoid=lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),  # equal to 1/(1+exp(-x)), no overflow
-)
+#: (correctly rounded or within 1 ulp; the kernels are within 2 ulp of these), with the
+#: out-of-line run (``<f>_v``) and scalar (``<f>_s``) forms the kernels call.
+PYTHON_VMATH = _python_vmath()
 
 
 class Kernels(types.SimpleNamespace):

@@ -30,7 +30,7 @@ from .ad import jvp_program, vjp_program
 from .codegen import runtime as _runtime
 from .codegen.emit import generate
 from .errors import GradcError, short
-from .frontend import check_roles, lower, postorder, structural_key
+from .frontend import check_roles, is_scalar_model, lower, postorder, structural_key
 
 REDUCTIONS = ("mean", "sum", None)
 
@@ -87,14 +87,15 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
     )
     source = backend.lookup(key) if jit else None
     if source is None:
-        prog = lower(expr, wrt, data, consts, reduce)
+        packed = is_scalar_model(expr, wrt, data, consts)
+        prog = lower(expr, wrt, data, consts, reduce, packed=packed)
         per_example = reduce is None and bool(data)
-        scalar = all(not i.var.shape for i in prog.inputs) and all(not e.out.shape for e in prog.eqns)
         scalar_out = not getattr(prog.outputs[0], "shape", ())
         vjp = (vjp_program(prog, per_example=per_example)
-               if scalar_out and (scalar or not per_example) else None)
+               if scalar_out and (packed or not per_example) else None)
         source = generate(prog, vjp, jvp_program(prog), reduce, title=short(expr, 200),
-                          version=__version__, parallel=bool(parallel))
+                          version=__version__, parallel=bool(parallel),
+                          param_names=[str(s) for s in wrt] if packed else None)
     kernels = backend.load(source, key, jit=jit, parallel=bool(parallel))
     return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
                             bool(parallel))

@@ -175,9 +175,11 @@ def check_roles(expr, wrt, data, consts, scalar=False):
 class Lowerer:
     """Post-order lowering of one expression DAG into a :class:`Builder`."""
 
-    def __init__(self, builder: Builder, env: dict):
+    def __init__(self, builder: Builder, env: dict, lazy=None):
         self.b = builder
         self.memo = dict(env)  # sympy expr -> atom
+        self.lazy = lazy or {}  # symbol -> function emitting its value on first use
+        self.reroll = None  # a gradc.reroll.Reroller for scalar models
 
     # -- traversal ----------------------------------------------------------------------
     def lower(self, expr):
@@ -205,6 +207,8 @@ class Lowerer:
                 return [node.args[0]]
             return [a for a in node.args if isinstance(a, (sp.Expr, sp.MatrixExpr))
                     and not isinstance(a, sp.Lambda) and not a.is_Number]
+        if isinstance(node, sp.Add) and self.reroll is not None:
+            return self.reroll.split(node)[1]  # families are lowered in _lower_Add
         if isinstance(node, (sp.Add, sp.Mul)):
             return list(node.args)
         if isinstance(node, sp.Pow):
@@ -225,7 +229,9 @@ class Lowerer:
         )
 
     # -- leaves -------------------------------------------------------------------------
-    def _lower_Symbol(self, node):  # pragma: no cover - roles are checked first
+    def _lower_Symbol(self, node):
+        if node in self.lazy:
+            return self.lazy[node]()
         raise GradcError(f"free symbol {node} is in neither wrt, data nor consts")
 
     def _lower_Number(self, node):
@@ -244,7 +250,11 @@ class Lowerer:
 
     # -- structure ----------------------------------------------------------------------
     def _lower_Add(self, node):
-        return prims.add(self.b, [self.memo[a] for a in node.args])
+        if self.reroll is None:
+            return prims.add(self.b, [self.memo[a] for a in node.args])
+        families, rest = self.reroll.split(node)
+        sums = [self.reroll.lower_family(terms) for terms in families]
+        return prims.add(self.b, [self.memo[a] for a in rest] + sums)
 
     def _lower_Mul(self, node):
         atoms = [self.memo[a] for a in node.args]
@@ -452,8 +462,23 @@ def _replace_operands(node, slots):
     return node.func(*[_replace_operands(a, slots) for a in node.args])
 
 
-def lower(expr, wrt, data=(), consts=(), reduce=None) -> Program:
+def is_scalar_model(expr, wrt, data=(), consts=()) -> bool:
+    """True when every symbol is a scalar and the expression has no matrix in it: such a
+    model is lowered with its parameters as one vector (``lower(..., packed=True)``)."""
+    if isinstance(expr, sp.MatrixExpr):
+        return False
+    if any(isinstance(s, sp.MatrixSymbol) for s in (*wrt, *data, *consts)):
+        return False
+    return not any(isinstance(n, sp.MatrixExpr) or getattr(n, "gradc_operands", None)
+                   for n in postorder(expr))
+
+
+def lower(expr, wrt, data=(), consts=(), reduce=None, packed=False) -> Program:
     """Lower ``expr`` with the given symbol roles to a one-output program.
+
+    With ``packed`` (scalar models, :func:`is_scalar_model`) the parameters are one
+    ``param`` input, the vector ``params`` of length ``len(wrt)``, and each symbol reads
+    its element: the program then takes and differentiates what the kernels take.
 
     Examples
     --------
@@ -467,15 +492,35 @@ def lower(expr, wrt, data=(), consts=(), reduce=None) -> Program:
       v2 :batched = v0 * v1
       v3 :batched = [tanh(_a0)](v2)
       return v3
+    >>> print(lower(sp.tanh(w * x), wrt=[w], data=[x], packed=True))
+    program:
+      v0: param params :1
+      v1: data x :batched
+      v2 = v0[0]
+      v3 :batched = v2 * v1
+      v4 :batched = [tanh(_a0)](v3)
+      return v4
     """
     wrt, data, consts = check_roles(expr, wrt, data, consts)
     b = Builder()
-    env = {}
-    for role, syms in (("param", wrt), ("data", data), ("const", consts)):
+    env, lazy = {}, {}
+    if packed:
+        vec = b.add_input("param", "params", 0, (len(wrt),))
+        for i, s in enumerate(wrt):
+            lazy[s] = (lambda i=i, s=s: ap.element(b, vec, (i,), hint=str(s)))
+        roles = (("data", data), ("const", consts))
+    else:
+        roles = (("param", wrt), ("data", data), ("const", consts))
+    for role, syms in roles:
         for i, s in enumerate(syms):
             shape = ir_shape(s) if isinstance(s, sp.MatrixSymbol) else ()
             env[s] = b.add_input(role, str(s), i, shape)
-    out = Lowerer(b, env).lower(expr)
+    lowerer = Lowerer(b, env, lazy)
+    if packed:
+        from .reroll import Reroller
+
+        lowerer.reroll = Reroller(lowerer, vec, {s: i for i, s in enumerate(wrt)})
+    out = lowerer.lower(expr)
     if reduce is not None and data:
         out = ap.batch_sum(b, out)
         if reduce == "mean":

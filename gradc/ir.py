@@ -8,9 +8,11 @@ declared with a role: ``param`` (differentiated), ``data`` (one value per exampl
 batch), ``const`` (never differentiated), ``size`` (the batch size n, as a float), or
 ``tangent`` / ``cotangent`` (seeds added by the AD transforms).
 
-Every value has a type: its per-example ``shape`` (``()`` for a scalar, ``(rows, cols)``
-for a matrix) and whether it is ``batched`` (one value per example; anything computed from
-data is).  A primitive's ``abstract_eval`` gives the type of its output; the builder checks
+Every value has a type: its per-example ``shape`` (a tuple of any rank: ``()`` for a
+scalar, ``(T,)`` for a vector, ``(rows, cols)`` for a matrix) and whether it is ``batched``
+(one value per example; anything computed from data is).  Matrix models use rank 2;
+scalar programs use rank 1 for the parameter vector and for the vectors that re-rolled
+families of terms become (see :mod:`gradc.reroll`).  A primitive's ``abstract_eval`` gives the type of its output; the builder checks
 it for every equation, and :func:`typecheck` rejects unbound, rebound and unknown
 variables and any type that disagrees with its equation.
 
@@ -155,6 +157,19 @@ class Builder:
         return prog
 
 
+def size_of(shape) -> int:
+    """The number of elements of a value of per-example ``shape`` (1 for a scalar)."""
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def shape_text(shape) -> str:
+    """``"3x4"``, ``"10"`` or ``"scalar"``, for messages and listings."""
+    return "x".join(map(str, shape)) if shape else "scalar"
+
+
 def type_of(atom):
     """``(shape, batched)`` of an atom (literals are unbatched scalars)."""
     if isinstance(atom, Lit):
@@ -213,7 +228,7 @@ def _type_text(var):
     """`` :(3, 1)`` / `` :batched`` annotations; plain unbatched scalars print bare."""
     parts = []
     if var.shape:
-        parts.append(f"{var.shape[0]}x{var.shape[1]}")
+        parts.append(shape_text(var.shape))
     if var.batched:
         parts.append("batched")
     return (" :" + " ".join(parts)) if parts else ""

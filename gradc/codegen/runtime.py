@@ -69,6 +69,21 @@ def vsum(buf, m):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+def vsum_at(buf, off, m):
+    """Sum ``buf[off:off + m]`` (an ordinary call, compiled once for every kernel).
+
+    Compiled with the one fast-math flag ``reassoc`` (and ``nsz``): LLVM vectorises the
+    reduction into interleaved vector partial sums.  The order of the additions is fixed
+    by the machine code, so a result does not change from call to call or with threads;
+    it may differ in the last bits between CPUs with other vector widths.
+    """
+    v = buf[off:off + m]
+    s = 0.0
+    for k in range(v.shape[0]):
+        s += v[k]
+    return s
+
+
 _NAMES = ("sign", "heaviside", "maximum", "minimum", "softplus", "vsum")
 
 #: The plain-Python versions, for kernels run with ``jit=False``.
@@ -117,6 +132,16 @@ def colsum(a):
     for i in range(n):
         for j in range(m):
             out[j] += a[i, j]
+    return out
+
+
+def chunk_sums(part, nchunks, width):
+    """The sums over chunks of per-chunk partial sums stored chunk after chunk in the flat
+    ``part`` (``width`` per chunk), added in chunk order."""
+    out = np.zeros(width)
+    for c in range(nchunks):
+        for q in range(width):
+            out[q] += part[c * width + q]
     return out
 
 
@@ -237,6 +262,8 @@ def _np_rowlse(a):
 # The jit=False path uses numpy for the array helpers (same values, up to the order of
 # floating-point sums).
 python.colsum = lambda a: np.sum(a, axis=0)
+python.chunk_sums = lambda part, nchunks, width: np.sum(
+    np.reshape(part[:nchunks * width], (nchunks, width)), axis=0)
 python.rowsum = lambda a: np.sum(a, axis=1)
 python.rowlse = _np_rowlse
 python.lse_all = lambda a: float(_np_rowlse(np.reshape(a, (1, -1)))[0])
@@ -255,6 +282,8 @@ python.onehot = lambda idx, m: np.eye(m)[_np_labels(idx, m)]
 _lse_row = _jit(_lse_row)
 _label = _jit(_label)
 python.label_stats = label_stats
-for _n in ("colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
+python.vsum_at = vsum_at
+vsum_at = numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})(vsum_at)
+for _n in ("chunk_sums", "colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
            "label_stats"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])

@@ -22,13 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import GradcError
-from ..ir import Program, Var
+from ..ir import Program, Var, size_of
 from ..prims import registry
 from .pieces import Piece
 
 
 def _size(var):
-    return var.shape[0] * var.shape[1] if var.shape else 1
+    return size_of(var.shape)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def _eqn_cost(e, active):
         return r * k * c, 1.0
     if e.prim in ("transpose", "eye", "onehot"):
         return 0, 0.0
-    if e.prim in ("sum", "logsumexp", "element", "place"):
-        n = _size(e.inputs[0]) if e.prim != "place" else _size(e.out)
+    if e.prim in ("sum", "logsumexp", "element", "gather", "assemble"):
+        n = _size(e.inputs[0]) if e.prim not in ("assemble", "gather") else _size(e.out)
         return n * (2 if e.prim == "logsumexp" else 1), 0.0
     n_active = sum(1 for a in e.inputs if isinstance(a, Var) and a.id in active)
     return _size(e.out) * max(1, n_active), 0.0

@@ -23,22 +23,26 @@ Each block holds all the rules of one primitive:
     reverse mode: given the output's cotangent ``ct`` and which inputs are active, return
     one cotangent contribution per input (``None`` for zero).  Contributions may be
     broadcast (a scalar for a matrix, per-example for a batch-invariant value):
-    :func:`gradc.ad.unbroadcast` sums them back to the input's type.
+    :func:`gradc.ad.unbroadcast` sums them back to the input's type.  A contribution to
+    part of an input (one element, a slice) is a :class:`Scatter`; the AD transform adds
+    all of a value's scattered parts with one ``assemble`` equation.
 ``structure``
     what the planner needs to know of the Jacobian: ``"diagonal"`` (elementwise),
     ``"linear"`` (matmul, transpose, sums) or ``"dense"``.
 
 The scalar algebra (:mod:`gradc.prims.scalar`) is ``add``, ``mul`` and ``elementwise`` (any
 scalar function as a sympy expression; derivatives from ``sympy.diff``).  The array
-primitives (:mod:`gradc.prims.array`) are the structural operations of matrix models:
-``matmul``, ``transpose``, ``sum``, ``broadcast``, ``batch_sum``, ``logsumexp``, ``pick``,
-``onehot`` and ``eye``.
+primitives (:mod:`gradc.prims.array`) are the structural operations: ``matmul``,
+``transpose``, ``sum``, ``broadcast``, ``batch_sum``, ``logsumexp``, ``pick``, ``onehot``,
+``eye``, and the indexing pair ``element``/``gather`` (read one element, or a strided or
+tabulated run of a vector) with their transpose ``assemble`` (add parts into a zero
+array).
 """
 
 from __future__ import annotations
 
 from ..errors import GradcError
-from ..ir import Lit, Var, type_of
+from ..ir import Lit, Var, shape_text, type_of
 
 registry: dict[str, "Primitive"] = {}
 
@@ -84,6 +88,18 @@ class Summed:
         self.atom = atom
 
 
+class Scatter:
+    """A cotangent contribution to part of an input: ``atom`` goes to the elements that
+    ``index`` names (an index tuple for one element, a gather spec for a run of a vector;
+    see :func:`gradc.prims.array.gather`)."""
+
+    __slots__ = ("atom", "index")
+
+    def __init__(self, atom, index):
+        self.atom = atom
+        self.index = index
+
+
 def broadcast_type(inputs, what="elementwise operation"):
     """Type of an elementwise result: scalars broadcast against one common shape."""
     shapes = []
@@ -93,13 +109,18 @@ def broadcast_type(inputs, what="elementwise operation"):
             shapes.append(s)
     if len(shapes) > 1:
         raise GradcError(
-            f"{what}: shapes {' and '.join(f'{r}x{c}' for r, c in shapes)} do not match"
+            f"{what}: shapes {' and '.join(shape_text(s) for s in shapes)} do not match"
         )
     return (shapes[0] if shapes else ()), any(type_of(a)[1] for a in inputs)
 
 
 # --------------------------------------------------------------------------------------
 # Builder helpers with literal folding.  Every rule builds through these.
+
+
+#: An ``add`` equation has at most this many inputs; longer sums become a balanced tree,
+#: so no generated expression nests deeper than a fixed bound.
+ADD_WIDTH = 16
 
 
 def add(b, atoms):
@@ -112,6 +133,9 @@ def add(b, atoms):
         return Lit(const) if lits else None
     if const != 0.0:
         vars_.append(Lit(const))
+    while len(vars_) > ADD_WIDTH:  # a balanced tree of sums of at most ADD_WIDTH terms
+        vars_ = [b.emit("add", vars_[k:k + ADD_WIDTH]) if len(vars_[k:k + ADD_WIDTH]) > 1
+                 else vars_[k] for k in range(0, len(vars_), ADD_WIDTH)]
     if len(vars_) == 1:
         return vars_[0]
     return b.emit("add", vars_)
@@ -138,5 +162,5 @@ def mul(b, x, y):
 from .scalar import elementwise, number, partials, placeholder  # noqa: E402
 from . import array  # noqa: E402,F401
 
-__all__ = ["registry", "Primitive", "Summed", "add", "mul", "elementwise", "partials", "placeholder",
+__all__ = ["registry", "Primitive", "Summed", "Scatter", "ADD_WIDTH", "add", "mul", "elementwise", "partials", "placeholder",
            "number", "broadcast_type"]

@@ -2,11 +2,12 @@
 
 Contract
 --------
-Per-example types are scalars ``()`` or matrices ``(rows, cols)``; a 1x1 matrix result is
-a scalar.  A batched value is stored with the batch on axis 0: a per-example column or row
-vector of length L as an ``(n, L)`` array, a per-example scalar as ``(n,)``.  Per-example
-values with both dimensions above 1 (a batch of matrices) are not supported and raise
-:class:`gradc.GradcError`.  Each block gives the type rule, the forward and reverse rules
+Per-example types of matrix models are scalars ``()`` or matrices ``(rows, cols)``; a 1x1
+matrix result is a scalar.  A batched value is stored with the batch on axis 0: a
+per-example column or row vector of length L as an ``(n, L)`` array, a per-example scalar
+as ``(n,)``.  Per-example values with both dimensions above 1 (a batch of matrices) are
+not supported and raise :class:`gradc.GradcError`.  Scalar programs also hold rank-1
+vectors ``(T,)``: the parameter vector, and what :func:`gather` reads from it.  Each block gives the type rule, the forward and reverse rules
 (transpose rules for the linear ones) and the array code (``emit_array``, statements
 written through the :class:`gradc.codegen.arrays.Context`).
 """
@@ -16,12 +17,10 @@ from __future__ import annotations
 import sympy as sp
 
 from ..errors import GradcError
-from ..ir import Lit, Var, type_of
-from . import Primitive, Summed, add, mul, register
+from ..ir import Lit, Var, shape_text, size_of, type_of
+from . import Primitive, Scatter, Summed, add, mul, register
 
-
-def _fmt(shape):
-    return f"{shape[0]}x{shape[1]}" if shape else "scalar"
+_fmt = shape_text
 
 
 def _is_vector(shape):
@@ -335,8 +334,7 @@ class OneHot(Primitive):
 
 
 # --------------------------------------------------------------------------------------
-# element: M[i, j] at constant indices; place: its transpose (a matrix that is zero but
-# for one element)
+# element: A[index] at a constant index tuple (one per axis); its transpose is assemble
 
 
 @register
@@ -346,55 +344,207 @@ class Element(Primitive):
 
     def abstract_eval(self, inputs, params):
         (a,) = inputs
+        assert len(params) == len(shape_of(a)), (params, shape_of(a))
         return (), batched(a)
+
+    def describe(self, eqn):
+        return f"{eqn.inputs[0]!r}[{', '.join(map(str, eqn.params))}]"
 
     def jvp(self, b, eqn, tangents):
         return element(b, tangents[0], eqn.params)
 
     def vjp(self, b, eqn, ct, active):
-        (a,) = eqn.inputs
-        return [b.emit("place", [ct], (*eqn.params, *shape_of(a)))]
+        return [Scatter(ct, eqn.params)]
 
     def emit_array(self, eqn, ctx):
         (a,) = eqn.inputs
-        i, j = eqn.params
         src, out = ctx.name(a), ctx.name(eqn.out)
         if batched(a):
-            flat = i * shape_of(a)[1] + j
+            flat = _flat_index(eqn.params, shape_of(a))
             # a copy: with one example the column is contiguous and ascontiguousarray
             # would return a view, which array kernels may later write over
             return [f"{out} = {src}[:, {flat}].copy()"]
-        return [f"{out} = {src}[{i}, {j}]"]
+        return [f"{out} = {src}[{', '.join(map(str, eqn.params))}]"]
 
 
-def element(b, a, index):
+def _flat_index(index, shape):
+    flat = 0
+    for i, d in zip(index, shape):
+        flat = flat * d + i
+    return flat
+
+
+def element(b, a, index, hint=""):
     if a is None or shape_of(a) == ():
         return a
-    return b.emit("element", [a], tuple(index))
+    return b.emit("element", [a], tuple(index), hint=hint)
+
+
+# --------------------------------------------------------------------------------------
+# gather: a run of a vector, v[start + step * t] for t < length ("slice"), or v[table[t]]
+# ("table"); its transpose is assemble
+
+
+def gather_spec(indices):
+    """The gather spec reading ``vector[indices[t]]`` for t in order: a slice when the
+    indices are an arithmetic sequence, else a table."""
+    indices = tuple(int(i) for i in indices)
+    if len(indices) == 1:
+        return ("slice", indices[0], 1, 1)
+    step = indices[1] - indices[0]
+    if step != 0 and all(indices[t + 1] - indices[t] == step for t in range(len(indices) - 1)):
+        return ("slice", indices[0], step, len(indices))
+    return ("table", indices)
+
+
+def spec_indices(spec):
+    """The indices a gather spec reads, as a tuple."""
+    if spec[0] == "slice":
+        _, start, step, length = spec
+        return tuple(start + step * t for t in range(length))
+    return spec[1]
+
+
+def spec_length(spec):
+    return spec[3] if spec[0] == "slice" else len(spec[1])
+
+
+def spec_text(spec):
+    if spec[0] == "slice":
+        _, start, step, length = spec
+        stop = start + step * length
+        return f"{start}:{stop}" + (f":{step}" if step != 1 else "")
+    idx = spec[1]
+    return "[" + ", ".join(map(str, idx[:4])) + (", ..." if len(idx) > 4 else "") + "]"
 
 
 @register
-class Place(Primitive):
-    name = "place"
+class Gather(Primitive):
+    name = "gather"
     structure = "linear"
 
     def abstract_eval(self, inputs, params):
         (a,) = inputs
-        return tuple(params[2:]), batched(a)
+        assert len(shape_of(a)) == 1, "gather reads a vector"
+        return (spec_length(params),), batched(a)
+
+    def describe(self, eqn):
+        return f"{eqn.inputs[0]!r}[{spec_text(eqn.params)}]"
 
     def jvp(self, b, eqn, tangents):
-        return b.emit("place", [tangents[0]], eqn.params)
+        return gather(b, tangents[0], eqn.params)
 
     def vjp(self, b, eqn, ct, active):
-        return [element(b, ct, eqn.params[:2])]
+        return [Scatter(ct, eqn.params)]
+
+
+def gather(b, a, spec, hint=""):
+    if a is None:
+        return None
+    if spec[0] == "slice" and spec[1] == 0 and spec[2] == 1 and spec[3] == shape_of(a)[0]:
+        return a
+    return b.emit("gather", [a], spec, hint=hint)
+
+
+# --------------------------------------------------------------------------------------
+# assemble: zeros of a shape with each input added where its index says: the whole array
+# (None), one element (an index tuple) or a run of a vector (a gather spec)
+
+
+@register
+class Assemble(Primitive):
+    name = "assemble"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        shape, where = params
+        assert len(where) == len(inputs)
+        for a, w in zip(inputs, where):
+            want = shape if w is None else (() if isinstance(w[0], int) else (spec_length(w),))
+            assert shape_of(a) in (want, ()), (shape_of(a), want)
+        return tuple(shape), any(batched(a) for a in inputs)
+
+    def describe(self, eqn):
+        shape, where = eqn.params
+        parts = [f"{a!r}" + ("" if w is None else
+                             f"@[{', '.join(map(str, w))}]" if isinstance(w[0], int) else
+                             f"@[{spec_text(w)}]") for a, w in zip(eqn.inputs, where)]
+        return f"assemble({shape_text(shape)}; {', '.join(parts)})"
+
+    def jvp(self, b, eqn, tangents):
+        shape, where = eqn.params
+        keep = [(t, w) for t, w in zip(tangents, where) if t is not None]
+        return assemble(b, shape, keep)
+
+    def vjp(self, b, eqn, ct, active):
+        shape, where = eqn.params
+        out = []
+        for act, w in zip(active, where):
+            if not act:
+                out.append(None)
+            elif w is None:
+                out.append(ct)
+            elif isinstance(w[0], int):
+                out.append(element(b, ct, w))
+            else:
+                out.append(gather(b, ct, w))
+        return out
 
     def emit_array(self, eqn, ctx):
-        (a,) = eqn.inputs
-        i, j, r, c = eqn.params
-        src, out = ctx.name(a), ctx.name(eqn.out)
+        shape, where = eqn.params
+        out = ctx.name(eqn.out)
         if batched(eqn.out):
-            return [f"{out} = np.zeros((n, {r * c}))", f"{out}[:, {i * c + j}] = {src}"]
-        return [f"{out} = np.zeros(({r}, {c}))", f"{out}[{i}, {j}] = {src}"]
+            lines = [f"{out} = np.zeros((n, {size_of(shape)}))"]
+        else:
+            lines = [f"{out} = np.zeros({tuple(shape)!r})"]
+        for a, w in zip(eqn.inputs, where):
+            src = ctx.name(a)
+            if w is None:
+                lines.append(f"{out} += {src}")
+            elif isinstance(w[0], int) and batched(eqn.out):
+                lines.append(f"{out}[:, {_flat_index(w, shape)}] += {src}")
+            elif isinstance(w[0], int):
+                lines.append(f"{out}[{', '.join(map(str, w))}] += {src}")
+            else:
+                raise GradcError("internal: a gathered run in an array kernel")
+        return lines
+
+
+def assemble(b, shape, parts):
+    """``zeros(shape)`` plus each ``(atom, where)`` of ``parts`` (see :class:`Assemble`);
+    literal zeros are dropped, a single whole part is returned as it is, and a scalar part
+    for a run or the whole array is broadcast over it."""
+    parts = [(a, w) for a, w in parts
+             if a is not None and not (isinstance(a, Lit) and a.value == 0.0)]
+    if not parts:
+        return None
+    if len(parts) == 1 and parts[0][1] is None:
+        return broadcast(b, parts[0][0], shape)
+    return b.emit("assemble", [a for a, _ in parts], (tuple(shape), tuple(w for _, w in parts)))
+
+
+# --------------------------------------------------------------------------------------
+# constant: a vector of float64 numbers (the coefficients of a re-rolled family)
+
+
+@register
+class Constant(Primitive):
+    name = "constant"
+    structure = "linear"
+
+    def abstract_eval(self, inputs, params):
+        return (len(params),), False
+
+    def describe(self, eqn):
+        vals = ", ".join(repr(v) for v in eqn.params[:4])
+        return f"constant([{vals}{', ...' if len(eqn.params) > 4 else ''}])"
+
+
+def constant(b, values, hint=""):
+    values = tuple(float(v) for v in values)
+    if len(set(values)) == 1:
+        return Lit(values[0])
+    return b.emit("constant", [], values, hint=hint)
 
 
 # --------------------------------------------------------------------------------------
@@ -415,4 +565,5 @@ class Eye(Primitive):
 
 
 __all__ = ["batch_sum", "matmul", "transpose", "sum_elements", "broadcast", "pick",
-           "softmax_of", "Var"]
+           "softmax_of", "element", "gather", "gather_spec", "spec_indices", "spec_length",
+           "assemble", "Var"]
