@@ -24,9 +24,31 @@ class GradcError(ValueError):
 
 
 def short(expr, limit: int = 80) -> str:
-    """Return ``str(expr)`` cut to ``limit`` characters, for error messages."""
-    try:
-        text = str(expr)
-    except RecursionError:
-        return f"<{type(expr).__name__} too deep to print>"
+    """Return ``str(expr)`` cut to ``limit`` characters, for error messages and titles.
+
+    A large expression is not printed whole (sympy's printer sorts every sum, which takes
+    seconds at thousands of terms, and recurses once per level): a sum or product of many
+    operands prints its first few and a count."""
+    if _large(expr):
+        args = getattr(expr, "args", ())
+        head = " ".join(f"{short(a, limit)}," for a in args[:2])
+        text = f"{type(expr).__name__}({head} ... {len(args)} operands)"
+    else:
+        try:
+            text = str(expr)
+        except RecursionError:
+            return f"<{type(expr).__name__} too deep to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _large(expr, budget: int = 400) -> bool:
+    """True when ``expr`` has more than ``budget`` nodes (counted without recursion, and
+    stopping at the budget)."""
+    stack, count = [expr], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > budget:
+            return True
+        stack.extend(getattr(node, "args", ()))
+    return False

@@ -36,8 +36,26 @@ from .ir import Builder, Lit, Program, type_of
 from .prims import array as ap
 
 
+_ORDERS: dict = {}  # id(expr) -> (expr, its post-order): the last few expressions walked
+
+
 def postorder(expr):
-    """Every distinct subexpression of ``expr``, children before parents (iterative)."""
+    """Every distinct subexpression of ``expr``, children before parents (iterative).
+
+    The list for the last few expressions is kept (sympy expressions are immutable), so
+    the several passes of one compile walk a large expression once; do not modify it."""
+    hit = _ORDERS.get(id(expr))
+    if hit is not None and hit[0] is expr:
+        return hit[1]
+    order = _postorder(expr)
+    if len(order) > 64:
+        if len(_ORDERS) >= 4:
+            _ORDERS.pop(next(iter(_ORDERS)))
+        _ORDERS[id(expr)] = (expr, order)
+    return order
+
+
+def _postorder(expr):
     seen, order, stack = set(), [], [(expr, False)]
     while stack:
         node, done = stack.pop()

@@ -73,10 +73,10 @@ class Reroller:
         return k
 
     def signature(self, term):
-        for node in postorder(term):
-            if node in self._sig:
-                continue
-            self._sig[node] = self._node_sig(node)
+        if term not in self._sig:
+            for node in postorder(term):
+                if node not in self._sig:
+                    self._sig[node] = self._node_sig(node)
         return self._sig[term]
 
     def _node_sig(self, node):
@@ -95,8 +95,8 @@ class Reroller:
                 s = self._sig[a]
                 kids.append((s.key, s.params, s.numbers, a, s.has_param))
         if isinstance(node, (sp.Add, sp.Mul)):  # commutative: a canonical order
-            kids.sort(key=lambda k: (k[0], tuple(self.index[p] for p in k[1]),
-                                     tuple(float(v) for v in k[2])))
+            # (ties have the same structure, so either order evaluates the same)
+            kids.sort(key=lambda k: (k[0], tuple(self.index[p] for p in k[1])))
         key = self._key((type(node), tuple(k[0] for k in kids)))
         if sum(len(k[1]) + len(k[2]) for k in kids) > MAX_SLOTS:
             return _Sig(key, None, None, (), True)
@@ -114,6 +114,7 @@ class Reroller:
         families, rest = [], list(node.args)
         if len(node.args) >= MIN_FAMILY and not (self.slots and self._has_slot(node)):
             groups: dict = {}
+            self.signature(node)  # one walk for all the terms
             for term in node.args:
                 s = self.signature(term)
                 if not s.has_param or s.params is None:

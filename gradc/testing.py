@@ -149,6 +149,8 @@ def sympy_oracle(expr, wrt, data=(), consts=(), reduce="mean"):
     (13.5, [9.0])
     """
     wrt, data, consts = list(wrt), list(data), list(consts)
+    if _too_large(expr):
+        return _nodewise_oracle(expr, wrt, data, consts, reduce)
     # differentiate over the reals, as gradc does (sympy's Abs' needs to know)
     real = {s: sp.Symbol(s.name, real=True) for s in [*wrt, *data, *consts]}
     expr = expr.xreplace(real)
@@ -169,6 +171,110 @@ def sympy_oracle(expr, wrt, data=(), consts=(), reduce="mean"):
                 [np.broadcast_to(np.asarray(g(*full), dtype=np.float64), (n,)) for g in gs],
                 axis=1,
             )
+        if not data:
+            return vals[0], grads[0]
+        if reduce is None:
+            return vals, grads
+        scale = 1.0 / n if reduce == "mean" else 1.0
+        return vals.sum() * scale, grads.sum(axis=0) * scale
+
+    return value_and_grad
+
+
+#: Expressions with more nodes, or nested deeper, than this are evaluated node by node
+#: (``lambdify`` prints one Python expression, which ``compile()`` cannot take past a few
+#: thousand operands, and ``sympy.diff`` recurses once per level).
+ORACLE_NODES, ORACLE_DEPTH = 4000, 150
+
+
+def _too_large(expr):
+    from .frontend import postorder
+
+    nodes = postorder(expr)
+    if len(nodes) > ORACLE_NODES:
+        return True
+    depth = {}
+    for node in nodes:
+        depth[node] = 1 + max((depth[a] for a in node.args if a in depth), default=0)
+        if depth[node] > ORACLE_DEPTH:
+            return True
+    return False
+
+
+def _nodewise_oracle(expr, wrt, data, consts, reduce):
+    """The oracle for expressions too large for one ``lambdify``: values node by node, and
+    the gradient by the chain rule over the expression DAG (adjoints summed over each
+    node's parents), with every node's partial derivatives from ``sympy.diff`` of that
+    node alone (``Add`` and ``Mul`` done directly).  Linear in the size of the DAG."""
+    from .frontend import postorder
+
+    nodes = postorder(expr)
+    roles = {s: k for k, s in enumerate([*wrt, *data, *consts])}
+    templates = {}
+
+    def template(node):
+        """(f, [partials], operand nodes) for a node other than Add, Mul and leaves."""
+        ops = [a for a in node.args if not (a.is_Number or isinstance(a, sp.NumberSymbol))]
+        if any(not isinstance(a, sp.Expr) for a in ops):
+            raise NotImplementedError(f"node-wise oracle: {type(node).__name__} arguments")
+        dummies = [sp.Symbol(f"_o{i}", real=True) for i in range(len(ops))]
+        body = node.xreplace(dict(zip(ops, dummies)))
+        key = (type(node), body)
+        if key not in templates:
+            f = _lambdify(dummies, body)
+            ds = [_lambdify(dummies, _almost_everywhere(sp.diff(body, d))) for d in dummies]
+            templates[key] = (f, ds)
+        f, ds = templates[key]
+        return f, ds, ops
+
+    def value_and_grad(params, *rest):
+        n = len(rest[0]) if data else 1
+        bound = [np.full(n, float(a)) for a in params]
+        bound += [np.asarray(a, dtype=np.float64) for a in rest[: len(data)]]
+        bound += [np.full(n, float(a)) for a in rest[len(data):]]
+        val, how = {}, {}
+        with np.errstate(all="ignore"):
+            for node in nodes:
+                if node in roles:
+                    val[node] = bound[roles[node]]
+                elif node.is_Number or isinstance(node, sp.NumberSymbol):
+                    val[node] = np.full(n, float(node))
+                elif isinstance(node, sp.Add):
+                    val[node] = np.sum([val[a] for a in node.args], axis=0)
+                elif isinstance(node, sp.Mul):
+                    val[node] = np.prod([val[a] for a in node.args], axis=0)
+                else:
+                    f, ds, ops = template(node)
+                    args = [val[a] for a in ops]
+                    val[node] = np.broadcast_to(np.asarray(f(*args), dtype=np.float64), (n,))
+                    how[node] = (ds, ops, args)
+            adj = {expr: np.ones(n)}
+            grads = np.zeros((n, len(wrt)))
+            for node in reversed(nodes):
+                a = adj.pop(node, None)
+                if a is None:
+                    continue
+                if node in roles:
+                    if roles[node] < len(wrt):
+                        grads[:, roles[node]] += a
+                    continue
+                if isinstance(node, sp.Add):
+                    parts = [(c, a) for c in node.args]
+                elif isinstance(node, sp.Mul):
+                    vs = [val[c] for c in node.args]
+                    parts = [(c, a * np.prod(vs[:i] + vs[i + 1:], axis=0))
+                             for i, c in enumerate(node.args)]
+                elif node in how:
+                    ds, ops, args = how[node]
+                    parts = [(c, a * np.asarray(d(*args), dtype=np.float64))
+                             for c, d in zip(ops, ds)]
+                else:
+                    parts = []
+                for c, g in parts:
+                    if c.is_Number or isinstance(c, sp.NumberSymbol):
+                        continue
+                    adj[c] = adj[c] + g if c in adj else g
+        vals = val[expr]
         if not data:
             return vals[0], grads[0]
         if reduce is None:

@@ -168,6 +168,11 @@ class ChunkKernel(KernelWriter):
         self.name_params()
         outputs = [a for _, atoms in groups for a in atoms]
         eqns, needed = needed_eqns(self.prog, outputs)
+        self.readers = {}  # id -> ids of the equations reading it
+        for e in eqns:
+            for a in e.inputs:
+                if isinstance(a, Var):
+                    self.readers.setdefault(a.id, set()).add(e.out.id)
         pre, loop, post, sums = _phases(eqns)
         self.per_example = per_example and bool(self.data)
         self.groups = groups
@@ -216,11 +221,12 @@ class ChunkKernel(KernelWriter):
             lines.append(f"{self.name(i.var)} = float(n)")
         return lines
 
-    def table(self, indices):
-        """The module-level name of an int64 index table."""
-        key = tuple(indices)
+    def table(self, values, dtype="int64"):
+        """The module-level name of a constant array (an index table, or the float64
+        coefficients of a family)."""
+        key = (dtype, tuple(values))
         if key not in self.tables:
-            self.tables[key] = f"_IX{len(self.tables)}"
+            self.tables[key] = f"_{'IX' if dtype == 'int64' else 'C'}{len(self.tables)}"
         return self.tables[key]
 
     # -- batch-invariant code -----------------------------------------------------------
@@ -252,8 +258,8 @@ class ChunkKernel(KernelWriter):
     def vector_run(self, run, rest):
         T = run[0].out.shape[0]
         members = {e.out.id for e in run}
-        used_after = {a.id for e in rest for a in e.inputs if isinstance(a, Var)}
-        stored = [e for e in run if e.out.id in used_after or e.out.id in self.out_ids]
+        stored = [e for e in run
+                  if self.readers.get(e.out.id, set()) - members or e.out.id in self.out_ids]
         lines = [f"{self.name(e.out)} = np.empty({T})" for e in stored]
         lines.append(f"for t in range({T}):")
 
@@ -282,6 +288,8 @@ class ChunkKernel(KernelWriter):
             return [f"{out} = _rt.vsum_at({ins[0]}, 0, {a.shape[0]})"]
         if e.prim == "assemble":
             return self.assemble_lines(e, out, ins)
+        if e.prim == "constant":
+            return [f"{out} = {self.table(e.params, 'float64')}"]
         if _is_call(e):
             (a,) = e.inputs
             f = _call_name(e.params)
@@ -574,7 +582,11 @@ class ChunkKernel(KernelWriter):
                 inner += self.call_lines(run[0], space)
             else:
                 inner += self.run_lines(run, space, sums_here)
-        inner += self.sum_lines(sums_here, space)
+        # batch sums of the vector values are reduced per t; of the scalars (the sums over
+        # t made here) after the t loop
+        per_t = [e for e in sums_here if space and getattr(e.inputs[0], "shape", ())]
+        after = [e for e in sums_here if e not in per_t]
+        inner += self.sum_lines(per_t, space)
         if space:
             reads = self.vector_reads(runs)
             lines.append(f"for t in range({space}):")
@@ -582,7 +594,10 @@ class ChunkKernel(KernelWriter):
             lines += ["    " + x for x in reads + rows + inner]
         else:
             lines += inner
-        return lines
+        writes = self.output_writes(accs, set(), from_slot=True)  # sums over t, once made
+        if writes:
+            lines += ["for j in range(m):"] + ["    " + w for w in writes]
+        return lines + self.sum_lines(after, 0)
 
     def vector_reads(self, runs):
         """Hoisted loads of the batch-invariant vectors a B1 stage reads at ``t``."""
@@ -635,7 +650,7 @@ class ChunkKernel(KernelWriter):
             a = e.inputs[0]
             if isinstance(a, Var) and a.id in members and e.out.id in self.term_row:
                 body.append(f"r{self.term_row[e.out.id]}[j] = s{a.id}")
-        body += self.output_writes(run, members)
+        body += self.output_writes([e for e in run if e.prim != "sum"], members)
         return ["for j in range(m):"] + ["    " + x for x in loads + body]
 
     def _run_view(self, a):

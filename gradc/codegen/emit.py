@@ -266,8 +266,9 @@ class ModuleWriter:
         kernels = self.kernels()
         if self.tables:
             head += "\n" + "\n".join(
-                f"{name} = np.array([{', '.join(map(str, idx))}], dtype=np.int64)"
-                for idx, name in sorted(self.tables.items(), key=lambda kv: kv[1])) + "\n"
+                f"{name} = np.array([{', '.join(map(literal, vals) if dt == 'float64' else map(str, vals))}]"
+                f", dtype=np.{dt})"
+                for (dt, vals), name in sorted(self.tables.items(), key=lambda kv: kv[1])) + "\n"
         return "\n\n\n".join([head] + kernels) + "\n"
 
 
