@@ -31,7 +31,8 @@ def short(expr, limit: int = 80) -> str:
     operands prints its first few and a count."""
     if _large(expr):
         args = getattr(expr, "args", ())
-        head = " ".join(f"{short(a, limit)}," for a in args[:2])
+        head = " ".join((str(a) if not _large(a, 60) else f"<{type(a).__name__}>") + ","
+                        for a in args[:2])
         text = f"{type(expr).__name__}({head} ... {len(args)} operands)"
     else:
         try:

@@ -377,7 +377,11 @@ class ChunkKernel(KernelWriter):
     def stages(self, loop):
         """A topological order of the batched equations that keeps those of one loop (B0
         or B1 of one length) together, cut into stages of at most :data:`SEGMENT`
-        equations.  A sum over a vector is available only after its stage."""
+        equations.  A sum over a vector is available only after its stage.  Ready
+        equations wait in one heap per loop (program order first), so scheduling takes
+        O(E log E) for E equations."""
+        import heapq
+
         pos = {e.out.id: k for k, e in enumerate(loop)}
         deps = [{a.id for a in e.inputs if isinstance(a, Var) and a.id in pos} for e in loop]
         users = {}
@@ -385,24 +389,38 @@ class ChunkKernel(KernelWriter):
             for i in d:
                 users.setdefault(i, []).append(k)
         waiting = [len(d) for d in deps]
-        ready = sorted(k for k, w in enumerate(waiting) if w == 0)
+        heaps: dict = {}
+
+        def push(k):
+            heapq.heappush(heaps.setdefault(_space(loop[k]), []), k)
+
+        for k, w in enumerate(waiting):
+            if w == 0:
+                push(k)
         stages, cur, space = [], [], None
-        late = set()  # ids of vector sums made in the current stage
-
-        def fits(k):
-            e = loop[k]
-            return (space is not None and _space(e) == space and len(cur) < SEGMENT
-                    and not (deps[k] & late))
-
-        while ready:
-            pick = next((k for k in ready if fits(k)), None)
-            if pick is None:
+        late, blocked = set(), []  # vector sums of this stage; equations waiting on them
+        while any(heaps.values()) or blocked:
+            pick = None
+            h = heaps.get(space)
+            while h and len(cur) < SEGMENT:
+                k = heapq.heappop(h)
+                if deps[k] & late:
+                    blocked.append(k)
+                    continue
+                pick = k
+                break
+            if pick is None:  # close the stage; start the next with the first ready one
                 if cur:
                     stages.append((space, cur))
                 cur, late = [], set()
-                pick = ready[0]
-                space = _space(loop[pick])
-            ready.remove(pick)
+                for k in blocked:
+                    push(k)
+                blocked = []
+                tops = [(hp[0], sp_) for sp_, hp in heaps.items() if hp]
+                if not tops:
+                    break
+                pick, space = min(tops)
+                heapq.heappop(heaps[space])
             e = loop[pick]
             cur.append(e)
             if e.prim == "sum":
@@ -410,8 +428,7 @@ class ChunkKernel(KernelWriter):
             for u in users.get(e.out.id, []):
                 waiting[u] -= 1
                 if waiting[u] == 0:
-                    ready.append(u)
-            ready.sort()
+                    push(u)
         if cur:
             stages.append((space, cur))
         return stages
@@ -502,12 +519,10 @@ class ChunkKernel(KernelWriter):
                 self.out_words += sum(size_of(getattr(a, "shape", ())) for a in atoms)
 
     def _feeds_call(self, i):
-        for runs in self.runs:
-            for run in runs:
-                if len(run) == 1 and _is_call(run[0]) and any(
-                        isinstance(a, Var) and a.id == i for a in run[0].inputs):
-                    return True
-        return False
+        if not hasattr(self, "_call_inputs"):
+            self._call_inputs = {a.id for runs in self.runs for run in runs for e in run
+                                 if _is_call(e) for a in e.inputs if isinstance(a, Var)}
+        return i in self._call_inputs
 
     def _var(self, i):
         return self._eqn(i).out
@@ -672,9 +687,11 @@ class ChunkKernel(KernelWriter):
         return out
 
     def stage_sums_of(self, runs):
-        ids = {e.out.id for run in runs for e in run}
-        return [e for lst in self.stage_sums.values() for e in lst
-                if isinstance(e.inputs[0], Var) and e.inputs[0].id in ids]
+        """The batch sums whose terms a stage (given by its runs) makes."""
+        first = next((e for run in runs for e in run), None)
+        if first is None:
+            return []
+        return self.stage_sums.get(self.stage_of[first.out.id], [])
 
     def call_lines(self, e, space):
         (a,) = e.inputs
@@ -894,21 +911,21 @@ class ChunkKernel(KernelWriter):
         body = []
         for k, seg in enumerate(segs):
             text = [line for _, t in seg for line in t]
-            args = self.segment_args(text)
+            args = self.segment_args(_words(text))
             fname = f"_k_{self.fname}_{k}"
             head = [f"def {fname}({', '.join(args)}):",
                     f'    """Stages {seg[0][0]}..{seg[-1][0]} of the loop of {self.fname}, '
                     'for one chunk."""',
                     f"    CH = {self.ch}"] + ([f"    PW = {self.part_width}"]
                                                   if self.part_width else [])
-            seg_views = [v for v in views if v.split(" = ")[0] in _words(text)]
+            words = _words(text)
+            seg_views = [v for v in views if v.split(" = ")[0] in words]
             self.helpers.append("\n".join(head + ["    " + x for x in seg_views + text])
                                 + "\n\n")
             body.append(f"{fname}({', '.join(args)})")
         return body
 
-    def segment_args(self, text):
-        words = _words(text)
+    def segment_args(self, words):
         args = ["S", "c", "start", "m"]
         if "part" in words:
             args.append("part")
@@ -922,8 +939,10 @@ class ChunkKernel(KernelWriter):
                 extra.add(w)
         args += sorted(extra)
         # batch-invariant values: scalars and vectors the text names
-        for nm in sorted(self._unbatched_names() & (words | {w[:-2] for w in words
-                                                             if w.endswith("_t")})):
+        if not hasattr(self, "_unbatched"):
+            self._unbatched = self._unbatched_names()
+        for nm in sorted(self._unbatched & (words | {w[:-2] for w in words
+                                                     if w.endswith("_t")})):
             args.append(nm)
         return args
 
