@@ -4,7 +4,9 @@ Contract
 --------
 ``jvp_program(prog)`` (forward mode) returns a program with extra ``tangent`` inputs, one per
 ``param`` input, whose outputs are the primal outputs followed by their directional
-derivatives along the tangent.
+derivatives along the tangent.  The new tangents are one nesting level above any the
+program already has, so ``jvp_program(vjp_program(p))`` (a Hessian-vector product) and
+``jvp_program(jvp_program(p))`` tell their seeds apart.
 
 ``vjp_program(prog)`` (reverse mode) returns a program whose outputs are the primal output
 followed by the gradient with respect to each ``param`` input, in order.  It replays the
@@ -61,8 +63,10 @@ def jvp_program(prog: Program, sweeps: bool = False) -> Program:
     b = Builder(prog)
     active = active_set(prog)
     tangent = {}
+    level = 1 + max((i.level for i in prog.inputs_of("tangent")), default=0)
     for inp in prog.inputs_of("param"):
-        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, sweeps)
+        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, sweeps,
+                                          level=level)
     for e in prog.eqns:
         if e.out.id not in active:
             continue

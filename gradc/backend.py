@@ -2,8 +2,9 @@
 
 Contract
 --------
-:func:`load(source, key, jit)` returns a :class:`Kernels` namespace with the module's
-functions ``value``, ``value_and_grad``, ``grad`` and ``jvp``.
+:func:`load(source, key, names, jit)` returns a :class:`Kernels` namespace with the
+module's functions ``names`` (the kernels its manifest lists, see
+:mod:`gradc.codegen.emit`).
 
 * ``jit=True``: the module is written to ``<cache>/<key>/kernels.py`` and imported from
   there, and every function goes through :func:`njit`, the one numba wrapper, with numba's
@@ -14,11 +15,13 @@ functions ``value``, ``value_and_grad``, ``grad`` and ``jvp``.
   generated code).
 
 The cache folder is ``$GRADC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gradc``, else
-``~/.cache/gradc``.  An entry is ``kernels.py`` plus ``meta.json`` holding the source's SHA-256; an
-entry whose file is missing, truncated or altered is detected by that hash and rewritten
-(atomically, so concurrent processes never see half a file).  Keys are content hashes that
+``~/.cache/gradc``.  An entry is ``kernels.py``, its ``manifest.json`` (the kernels, their
+arguments, output kinds and memory tables) and ``meta.json`` holding both files'
+SHA-256; an entry whose files are missing, truncated or altered is detected by those
+hashes and rewritten (atomically, so concurrent processes never see half a file).  Keys are content hashes that
 include gradc's own source, so entries made by another gradc version are never reused.
-:func:`lookup` returns the source of a cached entry (used to skip the sympy work entirely).
+:func:`lookup` returns the source and manifest of a cached entry (used to skip the sympy
+work entirely).
 The cache is kept under ``$GRADC_CACHE_MAX_MB`` MiB (default 1024; 0 for no limit) by
 removing the least recently used entries whenever a new one is written (:func:`prune`);
 ``gradc cache`` shows it and ``gradc cache --clear`` empties it.
@@ -40,9 +43,6 @@ from pathlib import Path
 import numba
 import numpy as np
 from numba.core.caching import FunctionCache
-
-KERNEL_NAMES = ("value", "value_and_grad", "grad", "jvp")
-
 
 class _CheckedFunctionCache(FunctionCache):
     """numba's on-disk cache, except that an unreadable entry (a truncated or corrupted
@@ -122,22 +122,34 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def lookup(key: str) -> str | None:
-    """The source stored under ``key``, or None if absent or corrupted.  A hit marks the
-    entry as used now (the mtime of its ``meta.json``), for :func:`prune`."""
+def lookup(key: str):
+    """``(source, manifest)`` stored under ``key``, or None if absent or corrupted (the
+    manifest is None for an entry stored without one).  A hit marks the entry as used
+    now (the mtime of its ``meta.json``), for :func:`prune`."""
     entry = cache_dir() / key
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
         source = (entry / "kernels.py").read_text(encoding="utf-8")
+        manifest_text = None
+        if meta.get("manifest_sha256"):
+            manifest_text = (entry / "manifest.json").read_text(encoding="utf-8")
     except (OSError, ValueError):
         return None
     if meta.get("sha256") != _sha(source):
         return None
+    manifest = None
+    if manifest_text is not None:
+        if meta["manifest_sha256"] != _sha(manifest_text):
+            return None
+        try:
+            manifest = json.loads(manifest_text)
+        except ValueError:
+            return None
     try:
         os.utime(entry / "meta.json")
     except OSError:
         pass
-    return source
+    return source, manifest
 
 
 #: Default size limit of the disk cache in MiB (``$GRADC_CACHE_MAX_MB``; 0: no limit).
@@ -199,19 +211,25 @@ def prune(max_bytes: int | None = None, keep=()) -> list[str]:
     return removed
 
 
-def store(key: str, source: str) -> Path:
-    """Write ``source`` under ``key`` unless an intact identical entry exists."""
+def store(key: str, source: str, manifest=None) -> Path:
+    """Write ``source`` (and its ``manifest``, a JSON-able dict) under ``key`` unless an
+    intact identical entry exists."""
     entry = cache_dir() / key
     path = entry / "kernels.py"
-    if lookup(key) == source:
+    if lookup(key) == (source, manifest):
         return path
     entry.mkdir(parents=True, exist_ok=True)
     pycache = entry / "__pycache__"
     if pycache.exists():  # numba's files belong to the old text: drop them
         for f in pycache.iterdir():
             f.unlink(missing_ok=True)
+    meta = {"sha256": _sha(source), "key": key}
     _write_atomic(path, source)
-    _write_atomic(entry / "meta.json", json.dumps({"sha256": _sha(source), "key": key}))
+    if manifest is not None:
+        text = json.dumps(manifest, sort_keys=True)
+        _write_atomic(entry / "manifest.json", text)
+        meta["manifest_sha256"] = _sha(text)
+    _write_atomic(entry / "meta.json", json.dumps(meta))
     prune(keep=(key,))
     return path
 
@@ -238,7 +256,7 @@ PYTHON_VMATH = _python_vmath()
 
 
 class Kernels(types.SimpleNamespace):
-    """The compiled kernels of one function: ``value``, ``value_and_grad``, ``grad``, ``jvp``."""
+    """The compiled kernels of one function, by name (``value``, ``value_and_grad``...)."""
 
     def __repr__(self):
         names = ", ".join(k for k in vars(self))
@@ -248,9 +266,10 @@ class Kernels(types.SimpleNamespace):
 _loaded: dict = {}
 
 
-def load(source: str, key: str, jit: bool = True, parallel: bool = False,
-         names=KERNEL_NAMES) -> Kernels:
-    """Compile (or load) the kernels in ``source``; see the module docstring."""
+def load(source: str, key: str, names, jit: bool = True, parallel: bool = False,
+         manifest=None) -> Kernels:
+    """The kernels ``names`` of ``source`` (compiled, or loaded, as the module docstring
+    says); ``manifest`` is stored with the source in the cache."""
     from .codegen import runtime
 
     if not jit:
@@ -264,14 +283,16 @@ def load(source: str, key: str, jit: bool = True, parallel: bool = False,
     cached = _loaded.get((key, parallel))
     if cached is not None:
         return cached
-    path = store(key, source)
+    path = store(key, source, manifest)
     name = f"gradc_kernels_{key}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     names = [k for k in names if hasattr(module, k)]
-    for k in sorted(v for v in vars(module) if v.startswith("_k_")):  # segment helpers
+    helpers = manifest.get("helpers", []) if manifest else \
+        sorted(v for v in vars(module) if v.startswith("_k_"))
+    for k in helpers:  # segment functions: serial, called per chunk
         setattr(module, k, njit(getattr(module, k), parallel=False))
     for k in names:
         setattr(module, k, njit(getattr(module, k), parallel=parallel))

@@ -28,14 +28,15 @@ import sympy as sp
 from . import __version__, backend
 from .ad import jvp_program, vjp_program
 from .codegen import runtime as _runtime
-from .codegen.emit import generate
+from .codegen.emit import KernelSpec, generate
 from .errors import GradcError, short
 from .frontend import check_roles, is_scalar_model, lower, postorder, structural_key
 
 REDUCTIONS = ("mean", "sum", None)
 
 
-def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=False):  # noqa: A001
+def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=False,  # noqa: A001
+            eager=False):
     """Compile a sympy expression into value, gradient, JVP and Jacobian kernels.
 
     Parameters
@@ -59,6 +60,11 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
     parallel : bool
         Split the batch across threads (numba ``prange``); the results are the same as
         without (sums over the batch are added in a fixed order).
+    eager : bool
+        Compile every kernel now (:meth:`CompiledFunction.warmup`) instead of each on its
+        first call.  Lazy is the default because the first call then waits for one
+        kernel only; the kernels share their compiled maths and runtime helpers, so each
+        further one takes a fraction of a second.
 
     Returns
     -------
@@ -85,20 +91,45 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
         repr(reduce), repr(bool(parallel)),
     )
-    source = backend.lookup(key) if jit else None
-    if source is None:
+    hit = backend.lookup(key) if jit else None
+    if hit is not None and hit[1] is not None:
+        source, manifest = hit
+    else:
         packed = is_scalar_model(expr, wrt, data, consts)
         prog = lower(expr, wrt, data, consts, reduce, packed=packed)
-        per_example = reduce is None and bool(data)
-        scalar_out = not getattr(prog.outputs[0], "shape", ())
-        vjp = (vjp_program(prog, per_example=per_example)
-               if scalar_out and (packed or not per_example) else None)
-        source = generate(prog, vjp, jvp_program(prog), reduce, title=short(expr, 200),
-                          version=__version__, parallel=bool(parallel),
-                          param_names=[str(s) for s in wrt] if packed else None)
-    kernels = backend.load(source, key, jit=jit, parallel=bool(parallel))
-    return CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
-                            bool(parallel))
+        source, manifest = generate(
+            kernel_specs(prog, reduce, packed), reduce, title=short(expr, 200),
+            version=__version__, parallel=bool(parallel),
+            param_names=[str(s) for s in wrt] if packed else None)
+    kernels = backend.load(source, key, list(manifest["kernels"]), jit=jit,
+                           parallel=bool(parallel), manifest=manifest)
+    fn = CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
+                          bool(parallel), manifest)
+    if eager:
+        fn.warmup()
+    return fn
+
+
+def kernel_specs(prog, reduce, packed):
+    """The kernels of a compiled function, as :class:`gradc.codegen.emit.KernelSpec`
+    values: ``value`` and ``jvp`` always; ``value_and_grad`` and ``grad`` for a scalar
+    output (not for per-example gradients of matrix parameters)."""
+    per_example = reduce is None and any(i.role == "data" for i in prog.inputs)
+    per = " per example" if per_example else ""
+    specs = [KernelSpec("value", prog, (("scalar", tuple(prog.outputs)),), f"The value{per}.")]
+    if not getattr(prog.outputs[0], "shape", ()) and (packed or not per_example):
+        vjp = vjp_program(prog, per_example=per_example)
+        kind = "array" if packed else "tuple"
+        specs.append(KernelSpec(
+            "value_and_grad", vjp, (("scalar", vjp.outputs[:1]), (kind, vjp.outputs[1:])),
+            f"(value, gradient){per}, by reverse mode."))
+        specs.append(KernelSpec("grad", None, (), f"The gradient{per}, by reverse mode.",
+                                wraps=("value_and_grad", 1)))
+    jvp = jvp_program(prog)
+    specs.append(KernelSpec(
+        "jvp", jvp, (("scalar", jvp.outputs[:1]), ("scalar", jvp.outputs[1:])),
+        f"(value, directional derivative along tangent){per}, by forward mode."))
+    return specs
 
 
 def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
@@ -162,8 +193,10 @@ class CompiledFunction:
     2.718282
     """
 
-    def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit, parallel=False):
+    def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit, parallel=False,
+                 manifest=None):
         self.parallel = parallel
+        self.manifest = manifest or {"kernels": {}, "memory": {}}
         self.expr = expr
         self.wrt = tuple(wrt)
         self.data = tuple(data)
@@ -389,15 +422,37 @@ class CompiledFunction:
         """
         from .codegen.arrays import peak_words
 
-        table = self._module_constant("MEMORY")
-        return {k: 8 * int(peak_words(v, n)) for k, v in table.items()}
+        table = self.manifest["memory"]
+        return {k: 8 * int(peak_words([tuple(a) for a in v], n)) for k, v in table.items()}
 
-    def _module_constant(self, name):
-        import ast
+    def warmup(self):
+        """Compile every kernel now (numba compiles each on its first call otherwise), on
+        a batch of one example of zeros; returns ``self``.  Later calls of any kernel,
+        in this process or, through the disk cache, another, start at once."""
+        if not self.jit:
+            return self
+        params = self._zeros_like_params()
+        data = []
+        for sym in self.data:
+            shape = self._shapes[sym]
+            data.append(np.zeros((1, shape[0] * shape[1])) if shape else np.zeros(1))
+        consts = [np.zeros(self._shapes[s]) if self._shapes[s] else 0.0 for s in self.consts]
+        args = data + [self._value(s, c, "const") for s, c in zip(self.consts, consts)]
+        with np.errstate(all="ignore"):
+            for name, info in self.manifest["kernels"].items():
+                if info.get("wraps"):
+                    continue  # calls a kernel compiled here
+                kernel = getattr(self.kernels, name)
+                seeds = [params] * sum(1 for a in info["arguments"]
+                                       if a.startswith(("tangent", "cotangent")))
+                kernel(params, *seeds, *args)
+        return self
 
-        marker = f"\n{name} = "
-        text = self.source[self.source.index(marker) + len(marker):]
-        return ast.literal_eval(text.split("\n", 1)[0])
+    def _zeros_like_params(self):
+        if self.scalar_params:
+            return np.zeros(len(self.wrt))
+        return tuple(np.zeros(self._shapes[s]) if self._shapes[s] not in ((), (1, 1)) else 0.0
+                     for s in self.wrt)
 
     def export(self, path):
         """Write the kernels as a standalone module needing only numpy and numba

@@ -7,6 +7,7 @@ Contract
 ``value_and_grad``, ``grad``, ``jvp``), compiled with the same numba options as gradc's
 own, with gradc's vectorised maths and runtime helpers copied in; it imports neither
 sympy nor gradc.  Each function's docstring gives its arguments, their shapes and order.
+What the module defines comes from the function's manifest (:mod:`gradc.codegen.emit`).
 The functions take the arguments the kernels take (``params`` as one float64 array for
 scalar parameters, else a tuple of arrays), so results are identical to
 ``fn.kernels.*``.
@@ -52,12 +53,12 @@ def export_source(fn) -> str:
     from .codegen import runtime, vmath
 
     kernels = fn.source
+    manifest = fn.manifest
     body = kernels[kernels.index("CHUNK = "):]
     body = re.sub(r"\b_vm\.", "", body)
     body = re.sub(r"\b_rt\.", "", body)
-    names = [n for n in ("value", "value_and_grad", "grad", "jvp") if hasattr(fn.kernels, n)]
-    doc = kernels.split('"""')[1].strip().splitlines()
-    args = "\n".join(line for line in doc if line.startswith(("Arguments", "reduce")))
+    names = [n for n in manifest["kernels"] if hasattr(fn.kernels, n)]
+    args = f"{manifest['arguments_doc']}\nreduce = {manifest['reduce']!r}."
     parts = [
         _BANNER.format(version=__version__, names=", ".join(names), args=args),
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n",
@@ -70,7 +71,7 @@ def export_source(fn) -> str:
         "\n# the one set of numba options gradc uses for kernels\n"
         f"_kernel = njit(cache=True, error_model='numpy', nogil=True, parallel={fn.parallel})\n"
         + "".join(f"{n} = njit(cache=True, error_model='numpy', nogil=True)({n})\n"
-                  for n in sorted(set(re.findall(r"^def (_k_\w+)\(", body, re.M))))
+                  for n in manifest["helpers"])
         + "".join(f"{n} = _kernel({n})\n" for n in names),
     ]
     return "\n".join(parts)

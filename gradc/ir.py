@@ -6,7 +6,8 @@ A :class:`Program` is an immutable list of equations ``out = prim(inputs; params
 :class:`Var` values (each defined exactly once) and :class:`Lit` float literals.  Inputs are
 declared with a role: ``param`` (differentiated), ``data`` (one value per example of the
 batch), ``const`` (never differentiated), ``size`` (the batch size n, as a float), or
-``tangent`` / ``cotangent`` (seeds added by the AD transforms).
+``tangent`` / ``cotangent`` (seeds added by the AD transforms, tagged with their nesting
+level: the tangents of ``jvp_program(jvp_program(p))`` are levels 1 and 2).
 
 Every value has a type: its per-example ``shape`` (a tuple of any rank: ``()`` for a
 scalar, ``(T,)`` for a vector, ``(rows, cols)`` for a matrix) and whether it is ``batched``
@@ -83,6 +84,7 @@ class Input:
     role: str
     name: str
     index: int = 0  # position among inputs of the same role
+    level: int = 1  # nesting level of a tangent or cotangent (forward over reverse: 1, 2...)
 
 
 @dataclass(frozen=True)
@@ -121,12 +123,13 @@ class Builder:
         self._next += 1
         return v
 
-    def add_input(self, role: str, name: str, index: int = 0, shape=(), batched=None) -> Var:
+    def add_input(self, role: str, name: str, index: int = 0, shape=(), batched=None,
+                  level: int = 1) -> Var:
         assert role in ROLES, role
         if batched is None:
             batched = role == "data"
         v = self.fresh(name, shape, batched)
-        self.inputs.append(Input(v, role, name, index))
+        self.inputs.append(Input(v, role, name, index, level))
         return v
 
     def size(self) -> Var:

@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__, backend
 from .ad import jvp_program, vjp_program
 from .codegen.arrays import ArrayKernel
-from .codegen.emit import HEADER, CHUNK
+from .codegen.emit import CHUNK, HEADER, KernelSpec
 from .codegen.printer import KernelPrinter
 from .ir import Builder, Lit, Var
 from .planner import jacobian_chain
@@ -87,10 +87,9 @@ class _ValuesKernel(ArrayKernel):
 
 
 def _module(fname, writer_cls, prog, outputs, doc):
-    printer = KernelPrinter()
-    consts = prog.inputs_of("const")
-    w = writer_cls(prog, fname, doc, prog.inputs_of("param"), [], consts, printer, True)
-    text = w.write([("tuple", list(outputs))], False)
+    spec = KernelSpec(fname, prog, (("tuple", tuple(outputs)),), doc)
+    w = writer_cls(spec, KernelPrinter(), True)
+    text = w.write(list(spec.outputs), False)
     head = HEADER.format(title=doc, version=__version__, args_doc="Jacobian helper kernel.",
                          reduce=None, chunk=CHUNK)
     return head + "\n\n" + text + "\n"
@@ -164,7 +163,7 @@ class JacobianEngine:
                 outs = list(prog.outputs[1:])
             doc = f"{'tangent' if kind == 'tan' else 'adjoint'} sweeps through pieces {lo}..{hi}"
             source = _module("sweep", _SweepKernel, prog, outs, doc)
-            k = backend.load(source, backend.make_key(source), jit=self.jit, names=("sweep",))
+            k = backend.load(source, backend.make_key(source), ("sweep",), jit=self.jit)
             self._kernels[key] = (k.sweep, side)
         return self._kernels[key]
 
@@ -188,7 +187,7 @@ class JacobianEngine:
                             wanted.append(v)
             self._wanted = wanted
             source = _module("values", _ValuesKernel, self.prog, wanted, "primal values")
-            k = backend.load(source, backend.make_key(source), jit=self.jit, names=("values",))
+            k = backend.load(source, backend.make_key(source), ("values",), jit=self.jit)
             self._values_kernel = k.values
         return self._values_kernel
 

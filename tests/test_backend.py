@@ -132,7 +132,7 @@ def test_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch, capsys
         (tmp_path / key / "__pycache__").mkdir(exist_ok=True)
         (tmp_path / key / "__pycache__" / "blob.nbc").write_bytes(b"x" * 100_000)
         os.utime(tmp_path / key / "meta.json", (1000.0 + i, 1000.0 + i))
-    assert backend.lookup("old") == "# entry 0\n"  # a hit makes "old" the most recent
+    assert backend.lookup("old") == ("# entry 0\n", None)  # a hit makes "old" the most recent
     sizes = {e["key"]: e["bytes"] for e in backend.entries()}
     assert set(sizes) == {"old", "mid", "new"} and min(sizes.values()) > 100_000
     assert backend.prune(max_bytes=sum(sizes.values()) - 1) == ["mid"]

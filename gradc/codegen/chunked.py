@@ -176,7 +176,7 @@ class ChunkKernel(KernelWriter):
         pre, loop, post, sums = _phases(eqns)
         self.per_example = per_example and bool(self.data)
         self.groups = groups
-        self.helpers = []
+        self.helpers, self.helper_names = [], []
         self.out_ids = {o.id for o in outputs if isinstance(o, Var)}
         # a per-example assembled gradient is written part by part, not computed
         loop = [e for e in loop if not (e.prim == "assemble" and e.out.id in self.out_ids)]
@@ -209,9 +209,10 @@ class ChunkKernel(KernelWriter):
     # -- names ------------------------------------------------------------------------
     def prologue(self):
         lines = []
-        for role, src in (("param", "params"), ("tangent", "tangent")):
+        for role in ("param", "tangent", "cotangent"):
             for i in self.prog.inputs_of(role):
-                if i.var.shape:
+                src = self.seed_source(i)
+                if i.var.shape:  # the vector is the argument itself
                     self.name.names[i.var.id] = src
                 else:
                     lines.append(f"{self.name(i.var)} = {src}[{i.index}]")
@@ -922,6 +923,7 @@ class ChunkKernel(KernelWriter):
             seg_views = [v for v in views if v.split(" = ")[0] in words]
             self.helpers.append("\n".join(head + ["    " + x for x in seg_views + text])
                                 + "\n\n")
+            self.helper_names.append(fname)
             body.append(f"{fname}({', '.join(args)})")
         return body
 

@@ -1,30 +1,28 @@
-"""Code generation: IR programs -> the source of one Python module of kernels.
+"""Code generation: kernel specs -> the source of one Python module of kernels.
 
 Contract
 --------
-:func:`generate` takes the value program and its forward- and reverse-mode programs (see
-:mod:`gradc.ad`) and returns deterministic, readable Python source defining plain functions
+A kernel is a value, :class:`KernelSpec`: its name, the IR program it runs, its output
+groups and a docstring (or, for a wrapper such as ``grad``, the kernel and output it
+returns).  Its arguments are derived from the roles of the program's inputs
+(:func:`argument_groups`): ``params``, then the tangents by nesting level (``tangent``,
+``tangent2``, ...) and the ``cotangent``, then one array per data symbol (the batch on axis
+0: ``(n,)`` for a scalar, ``(n, L)`` for a vector of length L) and one value per const.
+For scalar models ``params`` (and each tangent) is one float64 vector in ``wrt`` order;
+when some parameter is a matrix they are tuples with one entry per ``wrt`` symbol (2-D
+float64 arrays, floats for scalars).
 
-``value(params, *data, *consts)``
-``value_and_grad(params, *data, *consts)`` -> ``(value, grad)``
-``grad(params, *data, *consts)``
-``jvp(params, tangent, *data, *consts)`` -> ``(value, directional derivative)``
+:func:`generate` writes every spec with one generic writer and returns the deterministic,
+readable source and a *manifest* (kernel names, arguments, output kinds, the memory table
+of :meth:`gradc.CompiledFunction.memory`), which the disk cache stores beside the source
+(:mod:`gradc.backend`).  Adding a kernel to a compiled function is adding a spec.
 
-For scalar parameters ``params``, ``tangent`` and ``grad`` are float64 arrays in ``wrt``
-order; when some parameter is a matrix they are tuples with one entry per ``wrt`` symbol
-(2-D float64 arrays, floats for scalars).  Each data argument is a float64 array with the
-batch on axis 0 (``(n,)`` for a scalar symbol, ``(n, L)`` for a vector of length L), each
-const a float or a 2-D array.  With ``reduce="sum"`` or ``"mean"`` the results are reduced
+Programs whose values are all scalars or vectors become chunked kernels
+(:mod:`gradc.codegen.chunked`): loops over chunks of examples, vectorised across them.
+Programs with matrices become a sequence of BLAS products and fused elementwise loops
+(:mod:`gradc.codegen.arrays`).  With ``reduce="sum"`` or ``"mean"`` the results are reduced
 over the batch (the reduction is part of the programs); with ``reduce=None`` they are per
 example.  Without data there is no batch.
-
-Programs whose values are all scalars become one fused loop over the batch
-(:class:`ScalarKernel`): per example, straight-line scalar code with no temporary array per
-node; the terms of every sum over the batch go to a small chunk buffer reduced with
-interleaved accumulators; batch-invariant work is done once before the loop (or after it,
-when it depends on a sum over the batch).  The loop body has no branches or calls that
-block vectorisation, so LLVM vectorises it.  Programs with matrices become a sequence of
-BLAS products and fused elementwise loops (:mod:`gradc.codegen.arrays`).
 
 The module uses only numpy, math and gradc's runtime helper modules ``_vm`` and ``_rt``;
 :mod:`gradc.backend` compiles its functions with numba or runs them as Python.
@@ -34,6 +32,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from dataclasses import dataclass
 
 from ..ir import Lit, Program, Var
 from ..prims import registry
@@ -81,7 +80,10 @@ class Namer:
         self.names: dict[int, str] = {}
         taken = {f"v{e.out.id}" for e in prog.eqns}
         for inp in prog.inputs:
-            name = _ident(inp.name, self.PREFIX[inp.role], taken)
+            prefix = self.PREFIX[inp.role]
+            if inp.role in ("tangent", "cotangent") and inp.level > 1:
+                prefix = f"{prefix[:-1]}{inp.level}_"
+            name = _ident(inp.name, prefix, taken)
             self.names[inp.var.id] = name
             taken.add(name + "_i")  # per-example loads of data are named <name>_i
 
@@ -112,42 +114,96 @@ def needed_eqns(prog: Program, outputs):
     return keep, needed
 
 
+def seed_argument(role, level):
+    """The argument name of the tangents (``tangent``, ``tangent2``...) or cotangents."""
+    return role + ("" if level <= 1 else str(level))
+
+
+def argument_groups(prog):
+    """The kernel arguments a program's inputs make, in order: ``(name, role, level)``.
+
+    ``params``; the tangent and cotangent inputs by role and nesting level; then each
+    data and each const input (named as :class:`Namer` names them)."""
+    names = Namer(prog)
+    out = []
+    if prog.inputs_of("param"):
+        out.append(("params", "param", 0))
+    for role in ("tangent", "cotangent"):
+        for level in sorted({i.level for i in prog.inputs_of(role)}):
+            out.append((seed_argument(role, level), role, level))
+    for role in ("data", "const"):
+        out += [(names(i.var), role, 0) for i in prog.inputs_of(role)]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class KernelSpec:
+    """One kernel of a compiled function.
+
+    ``outputs`` are the returned groups ``(kind, atoms)``: ``"scalar"`` (one value: a float
+    when reduced, else per example), ``"array"`` (one vector, such as the gradient of the
+    parameter vector), ``"vector"`` (scalars returned as one array) or ``"tuple"`` (one
+    entry per ``wrt`` symbol).  A spec with ``wraps=(name, k)`` and no program is a wrapper
+    returning output ``k`` of kernel ``name``, called with the same arguments."""
+
+    name: str
+    program: Program | None
+    outputs: tuple
+    doc: str
+    wraps: tuple | None = None
+
+    def arguments(self, specs=None):
+        """The argument names of the kernel's signature."""
+        prog = self.program
+        if prog is None:
+            prog = next(s.program for s in specs if s.name == self.wraps[0])
+        return [name for name, _, _ in argument_groups(prog)]
+
+
 class KernelWriter:
     """What both kernel writers share: names, signature, prologue, the return statement."""
 
-    def __init__(self, prog, fname, doc, params, data, consts, printer, tuple_params,
-                 parallel=False, param_names=None):
+    def __init__(self, spec, printer, tuple_params, parallel=False, param_names=None):
+        prog = spec.program
+        self.spec = spec
         self.parallel = parallel
         self.param_names = param_names
-        self.prog, self.fname, self.doc = prog, fname, doc
-        self.params, self.data, self.consts = params, data, consts
+        self.prog, self.fname, self.doc = prog, spec.name, spec.doc
+        self.params = prog.inputs_of("param")
+        self.data, self.consts = prog.inputs_of("data"), prog.inputs_of("const")
         self.printer = printer
         self.tuple_params = tuple_params
         self.name = Namer(prog)
+        self.args = argument_groups(prog)
 
     def eqn_line(self, e, names=None):
         names = names if names is not None else [self.name(a) for a in e.inputs]
         return f"{self.name(e.out)} = {registry[e.prim].emit(e, names, self.printer)}"
 
     def header(self):
-        args = ["params"] + (["tangent"] if self.fname == "jvp" else [])
-        args += [self.name(i.var) for i in self.data] + [self.name(i.var) for i in self.consts]
+        args = [name for name, _, _ in self.args]
         return [f"def {self.fname}({', '.join(args)}):", f'    """{self.doc}', "",
                 *("    " + _doc_text(line) for line in self.arg_doc()), '    """']
 
     def arg_doc(self):
         """One line per argument: name, shape, meaning (for readers of the source)."""
         def kind(inp):
-            return f"{inp.var.shape[0]}x{inp.var.shape[1]}" if inp.var.shape else "scalar"
+            return "x".join(map(str, inp.var.shape)) if inp.var.shape else "scalar"
 
         if self.tuple_params:
             plist = "tuple (" + ", ".join(f"{i.name} {kind(i)}" for i in self.params) + ")"
         else:
             names = self.param_names or [i.name for i in self.params]
             plist = f"float64[{len(names)}] ({', '.join(names)})"
-        lines = [f"params: {plist}"]
-        if self.fname == "jvp":
-            lines.append("tangent: the direction, laid out like params")
+        lines = []
+        for name, role, level in self.args:
+            if role == "param":
+                lines.append(f"params: {plist}")
+            elif role == "tangent":
+                what = "a direction" if level == 1 else f"the direction of nesting level {level}"
+                lines.append(f"{name}: {what}, laid out like params")
+            elif role == "cotangent":
+                lines.append(f"{name}: the cotangent of the output")
         for i in self.data:
             shape = f"(n, {i.var.shape[0] * i.var.shape[1]})" if i.var.shape else "(n,)"
             lines.append(f"{self.name(i.var)}: float64 {shape}, data {i.name}, one row per example")
@@ -155,11 +211,15 @@ class KernelWriter:
             lines.append(f"{self.name(i.var)}: {kind(i)} const {i.name}")
         return lines
 
+    def seed_source(self, inp):
+        """The argument an input of role param, tangent or cotangent is read from."""
+        return "params" if inp.role == "param" else seed_argument(inp.role, inp.level)
+
     def prologue(self):
         lines = []
-        for role, src in (("param", "params"), ("tangent", "tangent")):
+        for role in ("param", "tangent", "cotangent"):
             for i in self.prog.inputs_of(role):
-                lines.append(f"{self.name(i.var)} = {src}[{i.index}]")
+                lines.append(f"{self.name(i.var)} = {self.seed_source(i)}[{i.index}]")
         if self.data:
             lines.append(f"n = {self.name(self.data[0].var)}.shape[0]")
         for i in self.prog.inputs_of("size"):
@@ -182,71 +242,60 @@ class KernelWriter:
 
 
 class ModuleWriter:
-    """Writes the kernel functions of one compiled function."""
+    """Writes the kernels of one compiled function from their specs, with one writer."""
 
-    def __init__(self, value_prog, vjp_prog, jvp_prog, reduce, printer=None, parallel=False,
-                 param_names=None):
+    def __init__(self, specs, reduce, parallel=False, param_names=None):
         from .chunked import ChunkPrinter, is_chunk_program, isolate_calls
 
+        progs = [s.program for s in specs if s.program is not None]
+        self.chunked = is_chunk_program(*progs)
+        if self.chunked:  # every out-of-line maths call in an equation of its own
+            done = {}
+            specs = [_with_program(s, done.setdefault(id(s.program), isolate_calls(s.program)))
+                     if s.program is not None else s for s in specs]
+        self.specs = specs
         self.parallel = parallel
         self.param_names = param_names
-        progs = {"value": value_prog, "value_and_grad": vjp_prog, "jvp": jvp_prog}
-        self.chunked = is_chunk_program(*(p for p in progs.values() if p))
-        if self.chunked:
-            progs = {k: isolate_calls(p) if p is not None else None for k, p in progs.items()}
-        self.progs = progs
         self.reduce = reduce
-        self.printer = printer or (ChunkPrinter() if self.chunked else KernelPrinter())
-        self.params = value_prog.inputs_of("param")
-        self.data = value_prog.inputs_of("data")
-        self.consts = value_prog.inputs_of("const")
-        self.packed = len(self.params) == 1 and len(self.params[0].var.shape) == 1
+        self.printer = ChunkPrinter() if self.chunked else KernelPrinter()
+        first = progs[0]
+        self.params = first.inputs_of("param")
+        self.data = first.inputs_of("data")
+        self.consts = first.inputs_of("const")
         self.per_example = reduce is None and bool(self.data)
         self.tables: dict = {}
+        self.memory: dict = {}
+        self.helpers: list = []  # segment functions the kernels call
+        self.args_doc = ""
 
-    def writer(self, fname, doc):
-        prog = self.progs["value_and_grad" if fname == "grad" else fname]
+    def writer(self, spec):
         if self.chunked:
             from .chunked import ChunkKernel as cls
         else:
             from .arrays import ArrayKernel as cls
-        w = cls(prog, fname, doc, self.params, self.data, self.consts, self.printer,
-                tuple_params=not self.chunked, parallel=self.parallel,
+        w = cls(spec, self.printer, tuple_params=not self.chunked, parallel=self.parallel,
                 param_names=self.param_names)
-        w.tables = self.tables  # index tables are shared by the module's kernels
+        w.tables = self.tables  # constant tables are shared by the module's kernels
         return w
 
     def kernels(self):
-        per = " per example" if self.per_example else ""
-        value, vjp, jvp = self.progs["value"], self.progs["value_and_grad"], self.progs["jvp"]
-        self.memory = {}
-        w = self.writer("value", f"The value{per}.")
-        out = [w.write([("scalar", list(value.outputs))], self.per_example)]
-        self.memory["value"] = w.memory
-        if vjp is not None:  # (no per-example gradients of matrices)
-            kind = "array" if self.packed else ("vector" if self.chunked else "tuple")
-            grads = (kind, list(vjp.outputs[1:]))
-            w = self.writer("value_and_grad", f"(value, gradient){per}, by reverse mode.")
-            out.append(w.write([("scalar", [vjp.outputs[0]]), grads], self.per_example))
-            self.memory["value_and_grad"] = w.memory
-            args = ", ".join(["params"] + [Namer(vjp)(i.var) for i in self.data + self.consts])
-            out.append(
-                f"def grad({args}):\n    \"\"\"The gradient{per}, by reverse mode.\"\"\"\n"
-                f"    return value_and_grad({args})[1]"
-            )
-        w = self.writer("jvp", f"(value, directional derivative along tangent){per}, "
-                               "by forward mode.")
-        out.append(w.write([("scalar", [jvp.outputs[0]]), ("scalar", [jvp.outputs[1]])],
-                           self.per_example))
-        self.memory["jvp"] = w.memory
-        out.append("# Arrays each kernel allocates: (float64 words per example, fixed words,\n"
-                   "# first and last statement group alive); see gradc.codegen.arrays.peak_words.\n"
-                   f"MEMORY = {self.memory!r}")
+        out = []
+        for spec in self.specs:
+            if spec.program is None:
+                args = ", ".join(spec.arguments(self.specs))
+                name, k = spec.wraps
+                out.append(f"def {spec.name}({args}):\n    \"\"\"{spec.doc}\"\"\"\n"
+                           f"    return {name}({args})[{k}]")
+                continue
+            w = self.writer(spec)
+            out.append(w.write(list(spec.outputs), self.per_example))
+            self.memory[spec.name] = w.memory
+            self.helpers += getattr(w, "helper_names", [])
         return out
 
     def module(self, title: str, version: str) -> str:
         def kind(i):
-            return f"{i.var.shape[0]}x{i.var.shape[1]}" if i.var.shape else "scalar"
+            return "x".join(map(str, i.var.shape)) if i.var.shape else "scalar"
 
         if not self.chunked:
             doc = "Arguments: params (a tuple: " + ", ".join(
@@ -261,8 +310,9 @@ class ModuleWriter:
                 for i in self.data)
         if self.consts:
             doc += ", consts: " + ", ".join(f"{i.name} {kind(i)}" for i in self.consts)
+        self.args_doc = doc + "."
         head = HEADER.format(title=_doc_text(title), version=version,
-                             args_doc=_doc_text(doc + "."), reduce=self.reduce, chunk=CHUNK)
+                             args_doc=_doc_text(self.args_doc), reduce=self.reduce, chunk=CHUNK)
         kernels = self.kernels()
         if self.tables:
             head += "\n" + "\n".join(
@@ -271,6 +321,36 @@ class ModuleWriter:
                 for (dt, vals), name in sorted(self.tables.items(), key=lambda kv: kv[1])) + "\n"
         return "\n\n\n".join([head] + kernels) + "\n"
 
+    def manifest(self, title="") -> dict:
+        """What the module defines, for the cache and for :class:`gradc.CompiledFunction`:
+        the kernels (arguments, output kinds, wrapped kernel), the memory table (see
+        :func:`gradc.codegen.arrays.peak_words`) and the parameter names."""
+        return {
+            "format": 1,
+            "title": title,
+            "reduce": self.reduce,
+            "param_names": list(self.param_names) if self.param_names else None,
+            "kernels": {s.name: {"arguments": s.arguments(self.specs),
+                                 "outputs": [kind for kind, _ in s.outputs],
+                                 "wraps": list(s.wraps) if s.wraps else None,
+                                 "doc": s.doc}
+                        for s in self.specs},
+            "memory": {k: [list(a) for a in v] for k, v in self.memory.items()},
+            "helpers": list(self.helpers),
+            "arguments_doc": self.args_doc,
+            "parallel": self.parallel,
+        }
+
+
+def _with_program(spec, prog):
+    """``spec`` with its program (and the atoms of its outputs) replaced by ``prog``'s: an
+    equivalent program whose outputs are in the same order."""
+    groups, k = [], 0
+    for kind, atoms in spec.outputs:
+        groups.append((kind, tuple(prog.outputs[k + j] for j in range(len(atoms)))))
+        k += len(atoms)
+    return KernelSpec(spec.name, prog, tuple(groups), spec.doc, spec.wraps)
+
 
 def _doc_text(text: str) -> str:
     """Text safe inside a generated triple-quoted docstring (symbol names may hold
@@ -278,13 +358,15 @@ def _doc_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
-def generate(value_prog, vjp_prog, jvp_prog, reduce, title="", version="",
-             parallel=False, param_names=None) -> str:
-    """Return the kernel module source for one compiled function.
+def generate(specs, reduce, title="", version="", parallel=False, param_names=None):
+    """Return ``(source, manifest)`` of the kernel module for ``specs`` (see the module
+    docstring).
 
-    With ``parallel`` the loops over the batch are ``prange`` loops (numba splits them
-    across threads); sums over the batch are formed per chunk and added in chunk order,
-    so the results are the same as without.
+    The outputs of every spec must be the outputs of its program, in order.  With
+    ``parallel`` the loops over the batch are ``prange`` loops (numba splits them across
+    threads); sums over the batch are formed per chunk and added in chunk order, so the
+    results are the same as without.
     """
-    return ModuleWriter(value_prog, vjp_prog, jvp_prog, reduce, parallel=parallel,
-                        param_names=param_names).module(title, version)
+    writer = ModuleWriter(specs, reduce, parallel=parallel, param_names=param_names)
+    source = writer.module(title, version)
+    return source, writer.manifest(title)
