@@ -116,27 +116,41 @@ def _part_shape(index):
     return () if isinstance(index[0], int) else (spec_length(index),)
 
 
-def _bring(b, c, a, from_batched, per_example):
-    """One contribution ``c`` for input ``a`` brought to ``a``'s type (a scattered one to
-    the type of its part)."""
-    if isinstance(c, prims.Summed):  # the rule summed over the batch already
-        return unbroadcast(b, c.atom, a, False, per_example)
-    if isinstance(c, prims.Scatter):
-        inner = unbroadcast_to(b, c.atom, _part_shape(c.index), a.batched, from_batched,
-                               per_example)
-        return prims.Scatter(inner, c.index)
-    return unbroadcast(b, c, a, from_batched, per_example)
+def _shape_to(b, ct, shape):
+    """A contribution brought to ``shape``: a matrix one summed over its elements for a
+    scalar, a scalar one broadcast for a matrix."""
+    cshape = type_of(ct)[0]
+    if cshape != shape:
+        ct = sum_elements(b, ct) if shape == () else broadcast(b, ct, shape)
+    return ct
 
 
-def total(b, parts, var):
-    """The sum of a value's cotangent contributions: an ``add`` of whole ones, and one
-    ``assemble`` when some are scattered parts."""
-    whole = [p for p in parts if not isinstance(p, prims.Scatter)]
-    scattered = [(p.atom, p.index) for p in parts if isinstance(p, prims.Scatter)]
-    dense = prims.add(b, whole)
-    if not scattered:
+def total(b, parts, var, per_example=False):
+    """The sum of a value's cotangent contributions ``parts`` (``(contribution,
+    from_batched)`` pairs, as the vjp rules return them), brought to ``var``'s type.
+
+    Contributions to the same part (the whole value, one element, one gathered run) that
+    must be summed over the batch are added first and summed once (one ``batch_sum`` per
+    part, not one per contribution); scattered parts are added with one ``assemble``."""
+    shape, isb = type_of(var)
+    per_part: dict = {}  # index (None: the whole value) -> ([to sum over the batch], [as is])
+    for c, from_batched in parts:
+        if isinstance(c, prims.Summed):  # the rule summed over the batch already
+            index, atom, reduce_it = None, _shape_to(b, c.atom, shape), False
+        else:
+            index = c.index if isinstance(c, prims.Scatter) else None
+            atom = c.atom if isinstance(c, prims.Scatter) else c
+            atom = _shape_to(b, atom, shape if index is None else _part_shape(index))
+            reduce_it = (from_batched or type_of(atom)[1]) and not isb and not per_example
+        per_part.setdefault(index, ([], []))[0 if reduce_it else 1].append(atom)
+    sums = {}
+    for index, (summed, kept) in per_part.items():
+        sums[index] = prims.add(b, [batch_sum(b, prims.add(b, summed))] + kept)
+    dense = sums.pop(None, None)
+    if not sums:
         return dense
-    return assemble(b, var.shape, ([(dense, None)] if dense is not None else []) + scattered)
+    return assemble(b, var.shape, ([(dense, None)] if dense is not None else [])
+                    + [(atom, index) for index, atom in sums.items()])
 
 
 def vjp_program(prog: Program, seed: str = "one", per_example: bool = False,
@@ -175,24 +189,22 @@ def vjp_program(prog: Program, seed: str = "one", per_example: bool = False,
         "cotangent", "ct", 0, out.shape if isinstance(out, Var) else (), sweeps)
     contribs: dict[int, list] = {}
     if isinstance(out, Var) and out.id in active:
-        contribs[out.id] = [seed_atom]
+        contribs[out.id] = [(seed_atom, False)]
     for e in reversed(prog.eqns):
         parts = contribs.pop(e.out.id, None)
         if not parts:
             continue
-        ct = total(b, parts, e.out)
+        ct = total(b, parts, e.out, per_example)
         if ct is None:
             continue
-        ct = unbroadcast(b, ct, e.out, per_example=per_example)
         is_active = [isinstance(a, Var) and a.id in active for a in e.inputs]
         from_batched = e.out.batched and e.prim != "batch_sum"
         for a, c in zip(e.inputs, prims.registry[e.prim].vjp(b, e, ct, is_active)):
-            if c is None:
-                continue
-            contribs.setdefault(a.id, []).append(_bring(b, c, a, from_batched, per_example))
+            if c is not None:
+                contribs.setdefault(a.id, []).append((c, from_batched))
     grads = []
     for inp in prog.inputs_of("param"):
-        g = total(b, contribs.get(inp.var.id, []), inp.var)
+        g = total(b, contribs.get(inp.var.id, []), inp.var, per_example)
         g = Lit(0.0) if g is None else unbroadcast(b, g, inp.var, per_example=per_example)
         grads.append(g)
     names = list(prog.output_names) + [f"grad_{i.name}" for i in prog.inputs_of("param")]

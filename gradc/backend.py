@@ -266,10 +266,43 @@ class Kernels(types.SimpleNamespace):
 _loaded: dict = {}
 
 
+#: Generated modules longer than this many lines are refused before numba starts
+#: (``$GRADC_MAX_LINES``; numba takes a few milliseconds per line).
+MAX_LINES = 60_000
+
+#: Seconds numba takes per generated line, for the estimate in that message.
+SECONDS_PER_LINE = 0.003
+
+
+def check_size(source: str) -> None:
+    """Raise :class:`gradc.GradcError` if ``source`` is too long to compile in reasonable
+    time (see :data:`MAX_LINES`), saying how long and what to do instead.  Functions
+    are split into segments of bounded size, so memory is bounded whatever the length;
+    time grows with it."""
+    from .errors import GradcError
+
+    limit = os.environ.get("GRADC_MAX_LINES", "")
+    try:
+        limit = int(limit) if limit.strip() else MAX_LINES
+    except ValueError:
+        limit = MAX_LINES
+    lines = source.count("\n")
+    if limit > 0 and lines > limit:
+        minutes = lines * SECONDS_PER_LINE / 60
+        raise GradcError(
+            f"the generated kernels are {lines:,} lines long, past the limit of {limit:,} "
+            f"(numba would take about {minutes:.0f} minutes). gradc turns sums of like terms "
+            "(one expression with different parameters and coefficients) into loops, so "
+            "this expression is mostly distinct code: write repeated structure as like "
+            "terms or with MatrixSymbols, use jit=False to run it as plain Python, or set "
+            "GRADC_MAX_LINES to a larger number (0: no limit)")
+
+
 def load(source: str, key: str, names, jit: bool = True, parallel: bool = False,
          manifest=None) -> Kernels:
     """The kernels ``names`` of ``source`` (compiled, or loaded, as the module docstring
-    says); ``manifest`` is stored with the source in the cache."""
+    says); ``manifest`` is stored with the source in the cache.  With ``jit``, a source
+    too long for numba raises :class:`gradc.GradcError` first (:func:`check_size`)."""
     from .codegen import runtime
 
     if not jit:
@@ -283,6 +316,7 @@ def load(source: str, key: str, names, jit: bool = True, parallel: bool = False,
     cached = _loaded.get((key, parallel))
     if cached is not None:
         return cached
+    check_size(source)
     path = store(key, source, manifest)
     name = f"gradc_kernels_{key}"
     spec = importlib.util.spec_from_file_location(name, path)

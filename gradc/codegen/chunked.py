@@ -56,6 +56,9 @@ from .printer import KernelPrinter
 #: A loop body longer than this many equations is split into segment functions.
 SEGMENT = 96
 
+#: A fused loop reads and writes at most this many arrays (see ``plan_storage``).
+MAX_STREAMS = 16
+
 #: Scratch budget per chunk, in float64 words (256 KiB): ``CH`` is the largest power of
 #: two up to :data:`CHUNK` whose scratch fits (never below 16).
 SCRATCH_WORDS = 32768
@@ -391,9 +394,15 @@ class ChunkKernel(KernelWriter):
                 users.setdefault(i, []).append(k)
         waiting = [len(d) for d in deps]
         heaps: dict = {}
+        # equations that lead to an out-of-line call go first, the others as late as their
+        # space allows: a cheap value is then made in the loop that uses it, not stored
+        feeds = [False] * len(loop)
+        for k in range(len(loop) - 1, -1, -1):
+            if _is_call(loop[k]) or any(feeds[u] for u in users.get(loop[k].out.id, [])):
+                feeds[k] = True
 
         def push(k):
-            heapq.heappush(heaps.setdefault(_space(loop[k]), []), k)
+            heapq.heappush(heaps.setdefault(_space(loop[k]), []), (not feeds[k], k))
 
         for k, w in enumerate(waiting):
             if w == 0:
@@ -404,7 +413,7 @@ class ChunkKernel(KernelWriter):
             pick = None
             h = heaps.get(space)
             while h and len(cur) < SEGMENT:
-                k = heapq.heappop(h)
+                _, k = heapq.heappop(h)
                 if deps[k] & late:
                     blocked.append(k)
                     continue
@@ -420,7 +429,7 @@ class ChunkKernel(KernelWriter):
                 tops = [(hp[0], sp_) for sp_, hp in heaps.items() if hp]
                 if not tops:
                     break
-                pick, space = min(tops)
+                (_, pick), space = min(tops)
                 heapq.heappop(heaps[space])
             e = loop[pick]
             cur.append(e)
@@ -436,14 +445,19 @@ class ChunkKernel(KernelWriter):
 
     # -- storage ------------------------------------------------------------------------
     def plan_storage(self, stages, sums):
-        """Decide which batched values live in the scratch ``S`` (and where), the runs of
-        each stage, the sums' rows, and the chunk size."""
-        stage_of, run_of = {}, {}
-        self.runs = []  # per stage: list of runs; a run is a list of eqns, or one call
-        for s, (space, eqns) in enumerate(stages):
+        """Decide the runs of each stage, which batched values live in the scratch ``S``
+        (and where), the sums' rows, and the chunk size.
+
+        A run is a fused loop (or one out-of-line call).  A loop that reads or writes many
+        arrays costs LLVM time quadratic in their number (it checks every pair for
+        overlap) and is not vectorised past a few dozen, so runs touching more than
+        :data:`MAX_STREAMS` arrays are split (the values crossing the cut are stored),
+        until none does."""
+        self.stage_sums_all = sums
+        self.runs = []
+        for space, eqns in stages:  # first cut: at the calls
             runs, cur = [], []
             for e in eqns:
-                stage_of[e.out.id] = s
                 if _is_call(e):
                     if cur:
                         runs.append(cur)
@@ -453,17 +467,71 @@ class ChunkKernel(KernelWriter):
                     cur.append(e)
             if cur:
                 runs.append(cur)
+            self.runs.append(runs)
+        for _ in range(8):
+            self._assign(sums)
+            wide = False
+            for s, runs in enumerate(self.runs):
+                split = []
+                for run in runs:
+                    parts = self._split_wide(run)
+                    wide |= len(parts) > 1
+                    split += parts
+                self.runs[s] = split
+            if not wide:
+                break
+        self._assign(sums)
+
+    def _streams(self, e):
+        """Arrays one equation of a run reads or writes, by the current storage plan."""
+        out = set()
+        for a in e.inputs:
+            if isinstance(a, Var) and (a.id in self.data_ids
+                                       or self.kind.get(a.id, "local") != "local"):
+                out.add(a.id)
+        if self.kind.get(e.out.id, "local") != "local":
+            out.add(e.out.id)
+        out.update(f"t{h}" for h in self._terms_of.get(e.out.id, ()))
+        if self.per_example and (e.out.id in self.out_ids
+                                 or e.out.id in self._assembled_parts()):
+            out.add("out")
+        return out
+
+    def _split_wide(self, run):
+        if len(run) == 1:
+            return [run]
+        parts, cur, arrays = [], [], set()
+        for e in run:
+            mine = self._streams(e)
+            if cur and len(arrays | mine) > MAX_STREAMS:
+                parts.append(cur)
+                cur, arrays = [], set()
+            cur.append(e)
+            arrays |= mine
+        parts.append(cur)
+        return parts
+
+    def _assembled_parts(self):
+        if not hasattr(self, "_parts_ids"):
+            self._parts_ids = set(self.assemble_parts) if self.per_example else set()
+        return self._parts_ids
+
+    def _assign(self, sums):
+        """The storage plan for the current runs (see :meth:`plan_storage`)."""
+        stage_of, run_of = {}, {}
+        for s, runs in enumerate(self.runs):
             for r, run in enumerate(runs):
                 for e in run:
+                    stage_of[e.out.id] = s
                     run_of[e.out.id] = (s, r)
-            self.runs.append(runs)
         self.stage_of, self.run_of = stage_of, run_of
         # batch sums: where their term is written
-        self.sum_home = {}
+        self.sum_home, self._terms_of = {}, {}
         for e in sums:
             a = e.inputs[0]
             if isinstance(a, Var) and a.id in run_of:
                 self.sum_home[e.out.id] = stage_of[a.id]
+                self._terms_of.setdefault(a.id, []).append(e.out.id)
             else:  # data, or a value of the batch with no equation here: the first stage
                 self.sum_home[e.out.id] = None
         uses = {}  # id -> set of (stage, run) reading it
@@ -473,7 +541,9 @@ class ChunkKernel(KernelWriter):
                     for a in e.inputs:
                         if isinstance(a, Var) and a.id in run_of:
                             uses.setdefault(a.id, set()).add((s, r))
-        self.kind = {}  # id -> "local" | "row" | "full"
+        self._call_inputs = {a.id for runs in self.runs for run in runs for e in run
+                             if _is_call(e) for a in e.inputs if isinstance(a, Var)}
+        self.kind = {}  # id -> "local" | "row" | "full" | "acc"
         for i, (s, r) in run_of.items():
             var = self._var(i)
             call_here = len(self.runs[s][r]) == 1 and _is_call(self.runs[s][r][0])
@@ -481,7 +551,7 @@ class ChunkKernel(KernelWriter):
             vector_sum = self._eqn(i).prim == "sum"
             if vector_sum:
                 self.kind[i] = "acc"
-            elif call_here or any(rs != (s, r) for rs in readers) or self._feeds_call(i):
+            elif call_here or any(rs != (s, r) for rs in readers) or i in self._call_inputs:
                 if var.shape and all(rs[0] == s for rs in readers):
                     self.kind[i] = "row"
                 else:
@@ -519,12 +589,6 @@ class ChunkKernel(KernelWriter):
             for kind, atoms in self.groups:
                 self.out_words += sum(size_of(getattr(a, "shape", ())) for a in atoms)
 
-    def _feeds_call(self, i):
-        if not hasattr(self, "_call_inputs"):
-            self._call_inputs = {a.id for runs in self.runs for run in runs for e in run
-                                 if _is_call(e) for a in e.inputs if isinstance(a, Var)}
-        return i in self._call_inputs
-
     def _var(self, i):
         return self._eqn(i).out
 
@@ -552,18 +616,12 @@ class ChunkKernel(KernelWriter):
         return self.segmented(texts, views)
 
     def view_lines(self):
-        """Views made per chunk: of the scratch (one per stored value and per term row),
-        of the data and of the per-example outputs.  Loops then index with their own
-        counter only, which LLVM knows is non-negative (an offset index costs a
-        wraparound check per element and stops vectorisation)."""
+        """Views made per chunk of the data and of the per-example outputs, so loops index
+        them with their own counter, which LLVM knows is non-negative (an index offset by
+        a value it cannot bound costs a wraparound check per element).  The scratch is
+        indexed at constant offsets, ``S[3 * CH + j]``: one array however many values it
+        holds (numba and LLVM spend time per array a function handles)."""
         lines = []
-        for i in sorted(self.offset):
-            var = self._var(i)
-            w = var.shape[0] if (self.kind[i] == "full" and var.shape) else 1
-            o = self.offset[i]
-            lines.append(f"c{i} = S[{o} * CH:{o + w} * CH]")
-        for row in sorted(set(self.term_row.values())):
-            lines.append(f"r{row} = S[{row} * CH:{row + 1} * CH]")
         for i in self.data:
             nm = self.name(i.var)
             lines.append(f"{nm}_c = {nm}[start:start + m]")
@@ -582,7 +640,7 @@ class ChunkKernel(KernelWriter):
             elif a.id in self.data_ids:
                 lines.append(f"part[c * PW + {o}] = _rt.vsum_at({self.name(a)}_c, 0, m)")
             else:
-                lines.append(f"part[c * PW + {o}] = _rt.vsum_at(c{a.id}, 0, m)")
+                lines.append(f"part[c * PW + {o}] = _rt.vsum_at(S, {self._at(a)}, m)")
         return lines
 
     def stage_code(self, s, space):
@@ -591,7 +649,7 @@ class ChunkKernel(KernelWriter):
         lines = []
         accs = [e for run in runs for e in run if e.prim == "sum"]
         for e in accs:
-            lines += ["for j in range(m):", f"    c{e.out.id}[j] = 0.0"]
+            lines += ["for j in range(m):", f"    {self.slot(e.out)} = 0.0"]
         inner = []
         for r, run in enumerate(runs):
             if len(run) == 1 and _is_call(run[0]):
@@ -606,8 +664,7 @@ class ChunkKernel(KernelWriter):
         if space:
             reads = self.vector_reads(runs)
             lines.append(f"for t in range({space}):")
-            rows = [f"c{i}_t = c{i}[t * CH:(t + 1) * CH]" for i in sorted(self._full_in(runs))]
-            lines += ["    " + x for x in reads + rows + inner]
+            lines += ["    " + x for x in reads + inner]
         else:
             lines += inner
         writes = self.output_writes(accs, set(), from_slot=True)  # sums over t, once made
@@ -629,9 +686,7 @@ class ChunkKernel(KernelWriter):
     def slot(self, a, j="j"):
         """The scratch element holding batched value ``a`` for example ``j``."""
         k = self.kind[a.id]
-        if k == "full" and a.shape:
-            return f"c{a.id}_t[{j}]"
-        return f"c{a.id}[{j}]"
+        return f"S[{self._at(a)} + {j}]"
 
     def read(self, a, members):
         if isinstance(a, Lit):
@@ -656,7 +711,7 @@ class ChunkKernel(KernelWriter):
                         loads.append(ld)
         for e in run:
             if e.prim == "sum":
-                body.append(f"c{e.out.id}[j] += {self.read(e.inputs[0], members)}")
+                body.append(f"{self.slot(e.out)} += {self.read(e.inputs[0], members)}")
                 continue
             names = [self.read(a, members) for a in e.inputs]
             body.append(f"s{e.out.id} = {registry[e.prim].emit(e, names, self.printer)}")
@@ -665,27 +720,17 @@ class ChunkKernel(KernelWriter):
         for e in sums_here:
             a = e.inputs[0]
             if isinstance(a, Var) and a.id in members and e.out.id in self.term_row:
-                body.append(f"r{self.term_row[e.out.id]}[j] = s{a.id}")
+                body.append(f"S[{self.term_row[e.out.id]} * CH + j] = s{a.id}")
         body += self.output_writes([e for e in run if e.prim != "sum"], members)
         return ["for j in range(m):"] + ["    " + x for x in loads + body]
 
-    def _run_view(self, a):
-        """The view holding batched value ``a`` over the chunk (its row at ``t``)."""
-        return f"c{a.id}_t" if self.kind[a.id] == "full" and a.shape else f"c{a.id}"
-
-    def _full_in(self, runs):
-        """Ids of the full (vector) scratch arrays a stage's runs touch."""
-        out = set()
-        for run in runs:
-            for e in run:
-                for v in [*e.inputs, e.out]:
-                    if isinstance(v, Var) and self.kind.get(v.id) == "full" and v.shape:
-                        out.add(v.id)
-        for e in self.stage_sums_of(runs):
-            a = e.inputs[0]
-            if isinstance(a, Var) and self.kind.get(a.id) == "full" and a.shape:
-                out.add(a.id)
-        return out
+    def _at(self, a):
+        """The scratch offset of batched value ``a`` for the chunk (its row at ``t`` for a
+        stored vector)."""
+        o = self.offset[a.id]
+        if self.kind[a.id] == "full" and a.shape:
+            return f"({o} + t) * CH"
+        return f"{o} * CH"
 
     def stage_sums_of(self, runs):
         """The batch sums whose terms a stage (given by its runs) makes."""
@@ -698,14 +743,13 @@ class ChunkKernel(KernelWriter):
         (a,) = e.inputs
         f = _call_name(e.params)
         out = e.out
-        dst = self._run_view(out)
         if isinstance(a, Var) and a.id in self.data_ids:
-            src = f"{self.name(a)}_c"
+            src = f"{self.name(a)}_c, 0"
         elif isinstance(a, Var) and a.batched:
-            src = self._run_view(a)
+            src = f"S, {self._at(a)}"
         else:
             raise GradcError("internal: a batch-invariant call in the loop")
-        lines = [f"_vm.{f}_v({src}, 0, {dst}, 0, m)"]
+        lines = [f"_vm.{f}_v({src}, S, {self._at(out)}, m)"]
         writes = self.output_writes([e], {e.out.id}, from_slot=True)
         if writes:
             lines += ["for j in range(m):"] + ["    " + w for w in writes]
@@ -719,10 +763,10 @@ class ChunkKernel(KernelWriter):
             o = self.part_offset[e.out.id]
             at = f"{o} + t" if space else f"{o}"
             if e.out.id in self.term_row:
-                src = f"r{self.term_row[e.out.id]}"
+                src = f"{self.term_row[e.out.id]} * CH"
             else:
-                src = self._run_view(a)
-            lines.append(f"part[c * PW + {at}] = _rt.vsum_at({src}, 0, m)")
+                src = self._at(a)
+            lines.append(f"part[c * PW + {at}] = _rt.vsum_at(S, {src}, m)")
         return lines
 
     # -- outputs --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ Each block holds all the rules of one primitive:
     reverse mode: given the output's cotangent ``ct`` and which inputs are active, return
     one cotangent contribution per input (``None`` for zero).  Contributions may be
     broadcast (a scalar for a matrix, per-example for a batch-invariant value):
-    :func:`gradc.ad.unbroadcast` sums them back to the input's type.  A contribution to
+    :func:`gradc.ad.total` sums them back to the input's type.  A contribution to
     part of an input (one element, a slice) is a :class:`Scatter`; the AD transform adds
     all of a value's scattered parts with one ``assemble`` equation.
 ``structure``
@@ -80,7 +80,7 @@ class Primitive:
 
 class Summed:
     """A cotangent contribution that a vjp rule has already summed over the batch (a
-    product that contracts the batch axis), so :func:`gradc.ad.unbroadcast` must not."""
+    product that contracts the batch axis), so :func:`gradc.ad.total` must not."""
 
     __slots__ = ("atom",)
 

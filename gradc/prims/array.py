@@ -130,7 +130,7 @@ def _product_ct(b, left, right, target, per_example):
     """The cotangent ``left @ right`` for ``target``.  When the product is per example and
     ``target`` is batch-invariant, the per-example products are summed over the batch here,
     as one product (a batch-contracting GEMM, or a product with a batch sum), and marked
-    :class:`Summed`; otherwise :func:`gradc.ad.unbroadcast` does what is left."""
+    :class:`Summed`; otherwise :func:`gradc.ad.total` does what is left."""
     if batched(target) or not per_example or not (batched(left) or batched(right)):
         return matmul(b, left, right)
     if batched(left) and batched(right):
@@ -212,7 +212,7 @@ class Sum(Primitive):
         return sum_elements(b, tangents[0])
 
     def vjp(self, b, eqn, ct, active):
-        return [ct]  # broadcast back to the matrix by gradc.ad.unbroadcast
+        return [ct]  # broadcast back to the matrix by gradc.ad.total
 
     def emit_array(self, eqn, ctx):
         return ctx.reduce_elements(eqn, "sum")
