@@ -96,11 +96,11 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         source, manifest = hit
     else:
         packed = is_scalar_model(expr, wrt, data, consts)
-        prog = lower(expr, wrt, data, consts, reduce, packed=packed)
+        prog = lower(expr, wrt, data, consts, reduce, packed=packed, checked=True)
         source, manifest = generate(
             kernel_specs(prog, reduce, packed), reduce, title=short(expr, 200),
             version=__version__, parallel=bool(parallel),
-            param_names=[str(s) for s in wrt] if packed else None)
+            param_names=[s.name for s in wrt] if packed else None)
     kernels = backend.load(source, key, list(manifest["kernels"]), jit=jit,
                            parallel=bool(parallel), manifest=manifest)
     fn = CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,

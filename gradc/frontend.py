@@ -182,9 +182,9 @@ def check_roles(expr, wrt, data, consts, scalar=False):
             raise GradcError(
                 f"unsupported sympy class {type(node).__name__} in subexpression {short(node)}"
             )
-    for s in sorted(free_symbols(expr), key=str):
-        if s not in roles:
-            raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
+    missing = [s for s in free_symbols(expr) if s not in roles]
+    for s in sorted(missing, key=str):
+        raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
     if not wrt:
         raise GradcError("wrt is empty: name at least one symbol to differentiate with respect to")
     return tuple(wrt), tuple(data), tuple(consts)
@@ -491,12 +491,13 @@ def is_scalar_model(expr, wrt, data=(), consts=()) -> bool:
                    for n in postorder(expr))
 
 
-def lower(expr, wrt, data=(), consts=(), reduce=None, packed=False) -> Program:
+def lower(expr, wrt, data=(), consts=(), reduce=None, packed=False, checked=False) -> Program:
     """Lower ``expr`` with the given symbol roles to a one-output program.
 
     With ``packed`` (scalar models, :func:`is_scalar_model`) the parameters are one
     ``param`` input, the vector ``params`` of length ``len(wrt)``, and each symbol reads
     its element: the program then takes and differentiates what the kernels take.
+    ``checked`` skips the role checks (the caller made them with :func:`check_roles`).
 
     Examples
     --------
@@ -519,13 +520,14 @@ def lower(expr, wrt, data=(), consts=(), reduce=None, packed=False) -> Program:
       v4 :batched = [tanh(_a0)](v3)
       return v4
     """
-    wrt, data, consts = check_roles(expr, wrt, data, consts)
+    if not checked:  # (compile has checked the roles already)
+        wrt, data, consts = check_roles(expr, wrt, data, consts)
     b = Builder()
     env, lazy = {}, {}
     if packed:
         vec = b.add_input("param", "params", 0, (len(wrt),))
         for i, s in enumerate(wrt):
-            lazy[s] = (lambda i=i, s=s: ap.element(b, vec, (i,), hint=str(s)))
+            lazy[s] = (lambda i=i, s=s: ap.element(b, vec, (i,), hint=s.name))
         roles = (("data", data), ("const", consts))
     else:
         roles = (("param", wrt), ("data", data), ("const", consts))

@@ -222,7 +222,7 @@ class _NumberSlot:
 
 def _common_name(syms):
     """A readable name for a run of parameters: their common prefix (``w`` for w1..w9)."""
-    names = [str(s) for s in syms]
+    names = [s.name for s in syms]
     prefix = names[0]
     for n in names[1:]:
         while not n.startswith(prefix):

@@ -111,24 +111,35 @@ def test_per_example_jit_matches_python():
     np.testing.assert_allclose(dot, 2 * fj.grad([0.5], X, Y)[:, 0], rtol=1e-13)
 
 
-def test_large_loop_bodies_are_split_into_segments():
+def test_large_loop_bodies_are_split_into_segments(monkeypatch):
     """Past SEGMENT equations the loop body becomes segment functions (linear compile
-    time); the results are those of the plain Python path."""
-    from gradc.codegen.chunked import SEGMENT
+    time); the results are those of the plain Python path, per-example outputs included.
+    (SEGMENT is lowered so that a small model shows it; a distinct k = 20 model does at
+    the default.)"""
+    from gradc.codegen import chunked
 
-    k = 24  # distinct terms (the powers differ): nothing to re-roll
+    monkeypatch.setattr(chunked, "SEGMENT", 8)
+    k = 5  # distinct terms (the powers differ): nothing to re-roll
     v, b, w = sp.symbols(f"v1:{k + 1}"), sp.symbols(f"b1:{k + 1}"), sp.symbols(f"w0:{k + 1}")
     f = w[0] + sum(w[i + 1] * sp.tanh(v[i] * x + b[i]) ** (i + 1) for i in range(k))
-    expr, wrt = (f - y) ** 2 + sp.exp(-w[1] ** 2), [*v, *b, *w]
-    fj = gradc.compile(expr, wrt=wrt, data=[x, y])
-    fp = gradc.compile(expr, wrt=wrt, data=[x, y], jit=False)
-    assert "_k_value_and_grad_1(" in fj.source and SEGMENT < 200
+    expr, wrt = (f - y) ** 2 + sp.exp(-w[1] ** 2) * sp.Symbol("segtest"), [*v, *b, *w]
+    data = [x, y, sp.Symbol("segtest")]
+    fj = gradc.compile(expr, wrt=wrt, data=data)
+    fp = gradc.compile(expr, wrt=wrt, data=data, jit=False)
+    assert "_k_value_and_grad_1(" in fj.source
     rng = np.random.default_rng(5)
     p, X = rng.normal(size=len(wrt)), rng.normal(size=700)
-    vj, gj = fj.value_and_grad(p, X, np.sin(X))
-    vp, gp = fp.value_and_grad(p, X, np.sin(X))
+    args = (X, np.sin(X), np.ones(700))
+    vj, gj = fj.value_and_grad(p, *args)
+    vp, gp = fp.value_and_grad(p, *args)
     assert vj == pytest.approx(vp, rel=1e-13)
     np.testing.assert_allclose(gj, gp, rtol=1e-12, atol=1e-14)
-    _, dj = fj.jvp(p, np.ones(len(wrt)), X, np.sin(X))
+    _, dj = fj.jvp(p, np.ones(len(wrt)), *args)
     assert dj == pytest.approx(gp.sum(), rel=1e-11)
-    check_against_sympy(fp, p, X, np.sin(X), rtol=1e-10)
+    check_against_sympy(fp, p, *args, rtol=1e-10)
+    # per-example outputs written from inside the segments
+    pj = gradc.compile(expr, wrt=wrt, data=data, reduce=None)
+    pp = gradc.compile(expr, wrt=wrt, data=data, reduce=None, jit=False)
+    assert "_k_value_and_grad_1(" in pj.source
+    for a, b in zip(pj.value_and_grad(p, *args), pp.value_and_grad(p, *args)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

@@ -981,8 +981,9 @@ class ChunkKernel(KernelWriter):
                 args.append(nm)
         extra = set()
         for w in words:
-            if w.startswith("out") and w[3:].isdigit():
-                extra.add(w)
+            base = w[:-2] if w.endswith("_c") else w
+            if base.startswith("out") and base[3:].isdigit():
+                extra.add(base)
         args += sorted(extra)
         # batch-invariant values: scalars and vectors the text names
         if not hasattr(self, "_unbatched"):
