@@ -84,10 +84,23 @@ def nodes(expr):
 
 
 # ------------------------------------------------------------------------------ workers
-def worker(kind, size):
-    """In a fresh process: build, compile and call once; print timings and peak RSS."""
+def peak_rss_mb():
+    """This process's peak resident memory (VmHWM).  Not ``getrusage``'s ``ru_maxrss``:
+    Linux carries that across ``exec``, so a worker would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(kind, size):
+    """In a fresh process: build, compile and call once; print timings and peak RSS."""
     import gradc
 
     t0 = time.perf_counter()
@@ -103,7 +116,7 @@ def worker(kind, size):
     t4 = time.perf_counter()
     print(json.dumps({"build": t1 - t0, "gradc": t2 - t1, "first_call": t3 - t2,
                       "first_value_after": t4 - t3,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_mb": peak_rss_mb(),
                       "nodes": nodes(expr), "lines": fn.source.count("\n")}))
 
 

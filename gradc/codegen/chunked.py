@@ -42,6 +42,7 @@ code.
 
 from __future__ import annotations
 
+import numpy as np
 import sympy as sp
 
 from ..errors import GradcError
@@ -580,14 +581,16 @@ class ChunkKernel(KernelWriter):
                 words += 1
         self.part_width = width
         self.scratch_words = words
-        ch = CHUNK
-        while ch > 16 and ch * words > SCRATCH_WORDS:
-            ch //= 2
-        self.ch = ch
         self.out_words = 0
         if self.per_example:
             for kind, atoms in self.groups:
                 self.out_words += sum(size_of(getattr(a, "shape", ())) for a in atoms)
+        ch = CHUNK
+        # the chunk's rows of the per-example outputs count too: stored a column at a
+        # time, they are touched all at once
+        while ch > 16 and ch * (words + self.out_words) > SCRATCH_WORDS:
+            ch //= 2
+        self.ch = ch
 
     def _var(self, i):
         return self._eqn(i).out
@@ -773,6 +776,7 @@ class ChunkKernel(KernelWriter):
     def output_allocs(self):
         """Per-example output arrays (reduce=None)."""
         self.out_slots = {}  # id -> list of (array name, column or None or where)
+        self.assign_once = set()  # per-example arrays whose entries are each stored once
         if not self.per_example:
             return []
         lines = []
@@ -784,14 +788,40 @@ class ChunkKernel(KernelWriter):
             elif kind == "array":
                 (a,) = atoms
                 P = self.array_width(a)
-                lines += [f"{name} = np.empty((n, {P}))", "for i in range(n):",
-                          f"    for t in range({P}):", f"        {name}[i, t] = 0.0"]
+                lines.append(f"{name} = np.empty((n, {P}))")
+                if self._covered_once(a, P):
+                    self.assign_once.add(name)  # every entry stored once: no zeros, no +=
+                else:
+                    lines += ["for i in range(n):", f"    for t in range({P}):",
+                              f"        {name}[i, t] = 0.0"]
                 self._slot(a, (name, "array", None))
             else:
                 lines.append(f"{name} = np.empty((n, {len(atoms)}))")
                 for k, a in enumerate(atoms):
                     self._slot(a, (name, k, None))
         return lines
+
+    def _covered_once(self, a, P):
+        """True when the per-example array output ``a`` of width ``P`` has each of its
+        entries stored exactly once (its parts are disjoint and cover it), so it needs
+        neither zeros first nor ``+=``: one write pass over an (n, P) array instead of
+        three."""
+        if isinstance(a, Lit):
+            return a.value != 0.0
+        if not a.batched:
+            return True
+        e = self._eqn(a.id)
+        if e.prim != "assemble":
+            return False
+        counts = np.zeros(P, dtype=np.int64)
+        for w in e.params[1]:
+            if w is None:
+                counts += 1
+            elif isinstance(w[0], int):
+                counts[w[0]] += 1
+            else:
+                np.add.at(counts, np.asarray(spec_indices(w), dtype=np.int64), 1)
+        return bool((counts == 1).all())
 
     def array_width(self, a):
         for i in self.prog.inputs_of("param"):
@@ -839,9 +869,10 @@ class ChunkKernel(KernelWriter):
     def _part_store(self, name, val, var, w):
         if w is None:
             raise GradcError("internal: a whole per-example part of an assembled output")
+        op = "=" if name in self.assign_once else "+="
         if isinstance(w[0], int):
-            return [f"{name}_c[j, {w[0]}] += {val}"]
-        return [f"{name}_c[j, {self._index_expr(w)}] += {val}"]
+            return [f"{name}_c[j, {w[0]}] {op} {val}"]
+        return [f"{name}_c[j, {self._index_expr(w)}] {op} {val}"]
 
     def _index_expr(self, w):
         if w[0] == "slice":
@@ -869,22 +900,23 @@ class ChunkKernel(KernelWriter):
             return [] if a.value == 0.0 else [f"{name}[:, :] = {literal(a.value)}"]
         if a.batched:  # written part by part in the loop, but for batch-invariant parts
             e = self._eqn(a.id)
+            op = "=" if name in self.assign_once else "+="
             lines = []
             for p, w in zip(e.inputs, e.params[1]):
                 if isinstance(p, Var) and p.batched:
                     continue
                 v = literal(p.value) if isinstance(p, Lit) else self.name(p)
                 if isinstance(w[0], int):
-                    lines += ["for i in range(n):", f"    {name}[i, {w[0]}] += {v}"]
+                    lines += ["for i in range(n):", f"    {name}[i, {w[0]}] {op} {v}"]
                 else:
                     idx = spec_indices(w)
                     at = f"{v}[t]" if getattr(p, "shape", ()) else v
                     lines += ["for i in range(n):", f"    for t in range({len(idx)}):",
-                              f"        {name}[i, {self._index_expr(w)}] += {at}"]
+                              f"        {name}[i, {self._index_expr(w)}] {op} {at}"]
             return lines
         P = self.array_width(a)
         return [f"for i in range(n):", f"    for t in range({P}):",
-                f"        {name}[i, t] += {self.name(a)}[t]"]
+                f"        {name}[i, t] = {self.name(a)}[t]"]
 
     # -- per-example assembled gradients --------------------------------------------------
     @property
