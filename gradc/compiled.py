@@ -440,8 +440,7 @@ class CompiledFunction:
         args = data + [self._value(s, c, "const") for s, c in zip(self.consts, consts)]
         with np.errstate(all="ignore"):
             for name, info in self.manifest["kernels"].items():
-                if info.get("wraps"):
-                    continue  # calls a kernel compiled here
+                # wrappers too: a wrapper is a function of its own for numba to compile
                 kernel = getattr(self.kernels, name)
                 seeds = [params] * sum(1 for a in info["arguments"]
                                        if a.startswith(("tangent", "cotangent")))

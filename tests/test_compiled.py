@@ -143,3 +143,18 @@ def test_large_loop_bodies_are_split_into_segments(monkeypatch):
     assert "_k_value_and_grad_1(" in pj.source
     for a, b in zip(pj.value_and_grad(p, *args), pp.value_and_grad(p, *args)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_eager_compiles_every_kernel_wrappers_included(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path))
+    a, t = sp.symbols("a t")
+    fn = gradc.compile(a * sp.exp(-a * t) + a ** 2, wrt=[a], data=[t], eager=True)
+    names = list(fn.manifest["kernels"])
+    assert {"value", "value_and_grad", "grad", "jvp"} <= set(names)
+    for name in names:  # each dispatcher holds a compiled signature before any call
+        assert getattr(fn.kernels, name).signatures, name
+    lazy = gradc.compile(a * sp.exp(-a * t) + a ** 3, wrt=[a], data=[t])
+    assert not lazy.kernels.value.signatures
+    T = np.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(fn.grad([0.5], T), np.mean(np.exp(-0.5 * T) * (1 - 0.5 * T)) + 1.0,
+                               rtol=1e-13)

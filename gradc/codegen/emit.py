@@ -194,7 +194,7 @@ class KernelWriter:
             plist = "tuple (" + ", ".join(f"{i.name} {kind(i)}" for i in self.params) + ")"
         else:
             names = self.param_names or [i.name for i in self.params]
-            plist = f"float64[{len(names)}] ({', '.join(names)})"
+            plist = f"float64[{len(names)}] ({name_list(names)})"
         lines = []
         for name, role, level in self.args:
             if role == "param":
@@ -303,7 +303,7 @@ class ModuleWriter:
         else:
             names = self.param_names or [i.name for i in self.params]
             doc = (f"Arguments: params (float64[{len(names)}], order: "
-                   f"{', '.join(names) or '-'})")
+                   f"{name_list(names) or '-'})")
         if self.data:
             doc += ", data: " + ", ".join(
                 f"{i.name} (n,{' ' + str(max(i.var.shape)) if i.var.shape else ''})"
@@ -356,6 +356,20 @@ def _doc_text(text: str) -> str:
     """Text safe inside a generated triple-quoted docstring (symbol names may hold
     backslashes, as in LaTeX names, or quotes)."""
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+#: Docstrings list at most this many parameter names (the manifest has them all).
+NAMES_SHOWN = 24
+
+
+def name_list(names):
+    """``a, b, c`` -- or, past :data:`NAMES_SHOWN` names, the first and last few."""
+    names = list(names)
+    if len(names) <= NAMES_SHOWN:
+        return ", ".join(names)
+    half = NAMES_SHOWN // 2
+    return (", ".join(names[:half]) + f", ... ({len(names) - 2 * half} more; all in "
+            "the manifest's param_names), " + ", ".join(names[-half:]))
 
 
 def generate(specs, reduce, title="", version="", parallel=False, param_names=None):
