@@ -5,6 +5,7 @@ Usage::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_scale.py
     python benchmarks/bench_scale.py --quick          # fewer sizes and samples
     python benchmarks/bench_scale.py --no-jax --plot docs/img/scale.png
+    python benchmarks/bench_scale.py --quick --eager  # cold compiles with eager=True
 
 Cases:
 
@@ -43,6 +44,7 @@ import numpy as np  # noqa: E402
 N = 10_000
 QUICK = "--quick" in sys.argv
 KS = [3, 10, 30, 100] if QUICK else [3, 10, 30, 100, 300]
+EAGER = "--eager" in sys.argv  # cold compiles with eager=True (every kernel at once)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -106,7 +108,7 @@ def worker(kind, size):
     t0 = time.perf_counter()
     expr, wrt, data = MODELS[kind](size)
     t1 = time.perf_counter()
-    fn = gradc.compile(expr, wrt=wrt, data=data)
+    fn = gradc.compile(expr, wrt=wrt, data=data, eager=EAGER)
     t2 = time.perf_counter()
     p = np.random.default_rng(0).uniform(0.5, 1.5, len(wrt))
     args = [np.linspace(-np.pi, np.pi, 1000) for _ in data]
@@ -127,7 +129,8 @@ def cold(kind, size, runs):
         env = dict(os.environ, GRADC_CACHE_DIR=tempfile.mkdtemp(prefix="gradc-scale-"))
         if "--cold-helpers" in sys.argv:
             env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-scale-")
-        r = subprocess.run([sys.executable, __file__, "--worker", kind, str(size)],
+        r = subprocess.run([sys.executable, __file__, "--worker", kind, str(size)]
+                           + (["--eager"] if EAGER else []),
                            capture_output=True, text=True, env=env, timeout=1800)
         if r.returncode != 0:
             return {"error": r.stderr.strip().splitlines()[-1] if r.stderr else "failed"}

@@ -149,6 +149,10 @@ def check_shell(command, expected, where, monkeypatch):
     for idx, part in enumerate(parts):
         words = shlex.split(part)
         env = {}
+        if words[:1] == ["env"]:  # env [-u NAME]... [NAME=VALUE]... COMMAND
+            words.pop(0)
+            while words[:1] == ["-u"] and len(words) > 1:
+                del words[:2]
         while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
             k, _, v = words.pop(0).partition("=")
             env[k] = v
