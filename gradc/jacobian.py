@@ -212,7 +212,9 @@ class JacobianEngine:
 
     def _value(self, v):
         x = self.env[v.id]
-        return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x
+        if isinstance(x, np.ndarray):  # a 0-d array (a scalar const) stays a scalar:
+            return float(x) if x.ndim == 0 else np.ascontiguousarray(x)  # not (1,)
+        return x
 
     def _inputs_of(self, lo):
         return tuple(self._value(v) for v in self.chain[lo - 1].inputs)

@@ -105,3 +105,14 @@ def test_memory_limit_is_respected():
     plan = gradc.plan(network(), wrt=[x], consts=Ws, memory=3)
     assert plan.chain_plan.peak_tape <= 3
     assert plan.chain_plan.reverse_cost is None  # pure reverse needs more tape
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse", "optimal"])
+def test_per_example_jacobians_with_data_and_a_scalar_const(mode):
+    w0, w1, x, c = sp.symbols("w0 w1 x c")
+    fn = gradc.compile(w0 * sp.tanh(w1 * x * c), wrt=[w0, w1], data=[x], consts=[c], jit=False)
+    X = np.array([0.1, -0.2, 0.3])
+    J = fn.jacobian(np.array([1.5, 2.0]), X, 0.5, mode=mode)
+    t = np.tanh(2.0 * X * 0.5)
+    np.testing.assert_allclose(J.reshape(3, 2), np.stack([t, 1.5 * (1 - t ** 2) * X * 0.5], 1),
+                               rtol=1e-13)

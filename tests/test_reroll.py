@@ -17,8 +17,9 @@ x, y, x2 = sp.symbols("x y x2")
 
 
 def rolled(fn):
-    """True when the kernels read runs of the parameter vector (a re-rolled family)."""
-    return bool(re.search(r"params\[\d+:\d+|\b_IX\d", fn.source))
+    """True when the kernels read runs of the parameter vector (a re-rolled family): a
+    slice, an index table, or the whole vector element by element."""
+    return bool(re.search(r"params\[\d+:\d+|\b_IX\d|\bparams\[t\]", fn.source))
 
 
 def units(k):
@@ -48,6 +49,12 @@ CASES = {
                           [*V, *B], [x]),
     "two inputs": (sum(W[i + 1] * sp.tanh(V[i] * x + B[i] * x2 + W[0]) for i in range(K)) + y,
                    [*V, *B, *W], [x, x2, y]),
+    # one family reads the whole parameter vector (a full slice: a dense cotangent)
+    "a family over all parameters, and an L2 term": (sum(V[i] * x for i in range(K))
+                                                     + sum(V[i] ** 2 for i in range(K)),
+                                                     list(V), [x]),
+    "a family over all parameters, and one of them again": (
+        sum(V[i] * sp.exp(V[i] * x) for i in range(K)) + V[0] * x ** 2, list(V), [x]),
     "two families and a log": (sum(V[i] * sp.log(1 + (x - B[i]) ** 2) for i in range(K))
                                + sum(sp.Abs(V[i] - B[i]) for i in range(K)), [*V, *B], [x]),
 }
@@ -177,3 +184,16 @@ def test_deep_random_chains_against_sympy(ops, seed):
     rv, rg = sympy_oracle(f, [q], [x], reduce=None)(p, X)
     np.testing.assert_allclose(v, rv, rtol=1e-9, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(g, rg, rtol=1e-7, atol=1e-10, equal_nan=True)
+
+
+def test_per_example_gradient_of_a_family_over_all_parameters_jit(rng):
+    w = sp.symbols("w0:6")
+    expr = sum(w[i] * sp.tanh(w[i] * x) for i in range(6)) + sum(w[i] ** 2 for i in range(6))
+    fn = gradc.compile(expr, wrt=list(w), data=[x], reduce=None)
+    assert rolled(fn)
+    p, X = rng.uniform(0.3, 1.2, 6), rng.uniform(-1.5, 1.5, 300)
+    v, g = fn.value_and_grad(p, X)
+    ev, eg = sympy_oracle(expr, list(w), [x], reduce=None)(p, X)
+    assert g.shape == (300, 6)
+    np.testing.assert_allclose(v, ev, rtol=1e-12)
+    np.testing.assert_allclose(g, eg, rtol=1e-12)

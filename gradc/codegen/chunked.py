@@ -810,9 +810,9 @@ class ChunkKernel(KernelWriter):
             return a.value != 0.0
         if not a.batched:
             return True
-        e = self._eqn(a.id)
-        if e.prim != "assemble":
-            return False
+        e = self._by_id_all().get(a.id)
+        if e is None or e.prim != "assemble":
+            return True  # one whole part
         counts = np.zeros(P, dtype=np.int64)
         for w in e.params[1]:
             if w is None:
@@ -867,9 +867,9 @@ class ChunkKernel(KernelWriter):
         return ["for j in range(m):"] + ["    " + b for b in body]
 
     def _part_store(self, name, val, var, w):
-        if w is None:
-            raise GradcError("internal: a whole per-example part of an assembled output")
         op = "=" if name in self.assign_once else "+="
+        if w is None:  # the whole row: a vector (stored element t) or a width-1 scalar
+            return [f"{name}_c[j, {'t' if getattr(var, 'shape', ()) else '0'}] {op} {val}"]
         if isinstance(w[0], int):
             return [f"{name}_c[j, {w[0]}] {op} {val}"]
         return [f"{name}_c[j, {self._index_expr(w)}] {op} {val}"]
@@ -899,14 +899,21 @@ class ChunkKernel(KernelWriter):
         if isinstance(a, Lit):
             return [] if a.value == 0.0 else [f"{name}[:, :] = {literal(a.value)}"]
         if a.batched:  # written part by part in the loop, but for batch-invariant parts
-            e = self._eqn(a.id)
+            e = self._by_id_all().get(a.id)
+            if e is None or e.prim != "assemble":
+                return []  # one whole part, stored in the loop
             op = "=" if name in self.assign_once else "+="
             lines = []
             for p, w in zip(e.inputs, e.params[1]):
                 if isinstance(p, Var) and p.batched:
                     continue
                 v = literal(p.value) if isinstance(p, Lit) else self.name(p)
-                if isinstance(w[0], int):
+                if w is None:
+                    P = self.array_width(a)
+                    at = f"{v}[t]" if getattr(p, "shape", ()) else v
+                    lines += ["for i in range(n):", f"    for t in range({P}):",
+                              f"        {name}[i, t] {op} {at}"]
+                elif isinstance(w[0], int):
                     lines += ["for i in range(n):", f"    {name}[i, {w[0]}] {op} {v}"]
                 else:
                     idx = spec_indices(w)
@@ -927,10 +934,12 @@ class ChunkKernel(KernelWriter):
             for g, (kind, atoms) in enumerate(self.groups):
                 for a in atoms:
                     if kind == "array" and isinstance(a, Var) and a.batched:
-                        e = self._eqn(a.id)
-                        if e.prim != "assemble":
-                            raise GradcError("internal: a per-example array output that is "
-                                             "not assembled")
+                        e = self._by_id_all().get(a.id)
+                        if e is None or e.prim != "assemble":
+                            # one whole part: a cotangent of the entire parameter vector
+                            # (a family reading all of it through one full slice)
+                            parts.setdefault(a.id, []).append((f"out{g}", None))
+                            continue
                         for p, w in zip(e.inputs, e.params[1]):
                             if isinstance(p, Var):
                                 parts.setdefault(p.id, []).append((f"out{g}", w))
