@@ -595,10 +595,18 @@ class ChunkKernel(KernelWriter):
     def _var(self, i):
         return self._eqn(i).out
 
-    def _eqn(self, i):
+    def _eqn(self, i, default=KeyError):
         if not hasattr(self, "_by_id"):
             self._by_id = {e.out.id: e for e in self.prog.eqns}
-        return self._by_id[i]
+        if default is KeyError:
+            return self._by_id[i]
+        return self._by_id.get(i, default)
+
+    def _assembled(self, a):
+        """The ``assemble`` equation that makes ``a``, or None (``a`` is one whole part:
+        an input, or a dense cotangent of the entire parameter vector)."""
+        e = self._eqn(a.id, None)
+        return e if e is not None and e.prim == "assemble" else None
 
     # -- per-chunk code -------------------------------------------------------------------
     def chunk_body(self, stages, sums):
@@ -810,8 +818,8 @@ class ChunkKernel(KernelWriter):
             return a.value != 0.0
         if not a.batched:
             return True
-        e = self._by_id_all().get(a.id)
-        if e is None or e.prim != "assemble":
+        e = self._assembled(a)
+        if e is None:
             return True  # one whole part
         counts = np.zeros(P, dtype=np.int64)
         for w in e.params[1]:
@@ -899,8 +907,8 @@ class ChunkKernel(KernelWriter):
         if isinstance(a, Lit):
             return [] if a.value == 0.0 else [f"{name}[:, :] = {literal(a.value)}"]
         if a.batched:  # written part by part in the loop, but for batch-invariant parts
-            e = self._by_id_all().get(a.id)
-            if e is None or e.prim != "assemble":
+            e = self._assembled(a)
+            if e is None:
                 return []  # one whole part, stored in the loop
             op = "=" if name in self.assign_once else "+="
             lines = []
@@ -934,10 +942,9 @@ class ChunkKernel(KernelWriter):
             for g, (kind, atoms) in enumerate(self.groups):
                 for a in atoms:
                     if kind == "array" and isinstance(a, Var) and a.batched:
-                        e = self._by_id_all().get(a.id)
-                        if e is None or e.prim != "assemble":
-                            # one whole part: a cotangent of the entire parameter vector
-                            # (a family reading all of it through one full slice)
+                        e = self._assembled(a)
+                        if e is None:  # one whole part (a family reading all of the
+                            # parameter vector through one full slice)
                             parts.setdefault(a.id, []).append((f"out{g}", None))
                             continue
                         for p, w in zip(e.inputs, e.params[1]):
