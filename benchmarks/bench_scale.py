@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_scale.py --quick          # fewer sizes and samples
     python benchmarks/bench_scale.py --no-jax --plot docs/img/scale.png
     python benchmarks/bench_scale.py --quick --eager  # cold compiles with eager=True
+    python benchmarks/bench_scale.py --worker units 30 [--eager]   # one cold compile
 
 Cases:
 
@@ -116,8 +117,11 @@ def worker(kind, size):
     t3 = time.perf_counter()
     fn.value(p, *args)
     t4 = time.perf_counter()
+    fn.grad(p, *args)
+    fn.jvp(p, p, *args)
+    t5 = time.perf_counter()
     print(json.dumps({"build": t1 - t0, "gradc": t2 - t1, "first_call": t3 - t2,
-                      "first_value_after": t4 - t3,
+                      "first_value_after": t4 - t3, "first_grad_jvp_after": t5 - t4,
                       "rss_mb": peak_rss_mb(),
                       "nodes": nodes(expr), "lines": fn.source.count("\n")}))
 

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_vmath.py            # host CPU target
     python benchmarks/bench_vmath.py --avx2     # compile for a Haswell-class AVX2+FMA target
     python benchmarks/bench_vmath.py --quick    # fewer repetitions
+    python benchmarks/bench_vmath.py --jax      # also exp and tanh against JAX: speed, max ulp
 
 Prints, single-threaded, the median ns/element at n = 10_000 and n = 1_000_000
 for each function as
@@ -240,6 +241,54 @@ def main():
         tc = median_ns_per_element(const, x, out, samples)
         to = median_ns_per_element(opaque, x, out, samples)
         print(f"  L = {length:3d}   constant {tc:6.2f}   opaque {to:6.2f}   constant/opaque {tc / to:5.2f}")
+    if "--jax" in sys.argv:
+        against_jax(rng, samples)
+
+
+def max_ulp(y, x, ref_fn):
+    """Largest |y - f(x)| in float64 ulps of f(x), f from ``ref_fn`` in long double."""
+    ref = ref_fn(x.astype(np.longdouble))
+    _, e = np.frexp(ref)
+    ulp = np.ldexp(np.ones(ref.shape, ref.dtype), e.astype(np.int64) - 53)
+    err = (np.abs(y.astype(np.longdouble) - ref) / ulp).astype(np.float64)
+    i = int(np.argmax(err))
+    return err[i], x[i]
+
+
+def against_jax(rng, samples):
+    """Speed (n = 1,000,000) and worst error (long-double reference) of exp and tanh:
+    gradc's vmath, numpy and JAX's jitted float64 functions (``--jax``)."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    print("\nagainst JAX (jit, float64): ns/element at n = 1,000,000; max error in ulp over "
+          f"400,000 points (long double reference{'' if EXTENDED else ': NOT extended here'})")
+    for name, vloop, npf, jf, ref, lo, hi in [
+            ("exp", v_exp, np.exp, jnp.exp, np.exp, -700.0, 700.0),
+            ("tanh", v_tanh, np.tanh, jnp.tanh, np.tanh, -20.0, 20.0)]:
+        x = rng.uniform(lo, hi, 1_000_000)
+        out = np.empty_like(x)
+        jit = jax.jit(jf)
+
+        def run_jax(x, out, jit=jit):
+            jax.block_until_ready(jit(x))
+
+        xj = jnp.asarray(x)
+        tv = median_ns_per_element(vloop, x, out, samples)
+        tn = median_ns_per_element(lambda x, o, npf=npf: npf(x, out=o), x, out, samples)
+        tj = median_ns_per_element(lambda x, o: run_jax(xj, o), x, out, samples)
+        pts = np.concatenate([rng.uniform(lo, hi, 200_000), rng.uniform(-1.0, 1.0, 200_000)])
+        vout = np.empty_like(pts)
+        vloop(pts, vout)
+        errs = [max_ulp(vout, pts, ref), max_ulp(npf(pts), pts, ref),
+                max_ulp(np.asarray(jit(jnp.asarray(pts))), pts, ref)]
+        print(f"  {name:5s} ns: vmath {tv:5.2f}  numpy {tn:5.2f}  JAX {tj:5.2f}   max ulp: "
+              + "  ".join(f"{who} {e:5.2f} (x={x0:.6g})"
+                          for who, (e, x0) in zip(("vmath", "numpy", "JAX"), errs)))
+
+
+EXTENDED = np.finfo(np.longdouble).nmant >= 63
 
 
 if __name__ == "__main__":
