@@ -17,9 +17,10 @@ _tune_malloc()
 
 from .errors import GradcError  # noqa: E402
 from .compiled import CompiledFunction, compile  # noqa: E402
+from .objective import Objective  # noqa: E402
 from . import nn, optim, planner  # noqa: E402
 
-__all__ = ["CompiledFunction", "GradcError", "compile", "plan", "nn", "optim", "planner", "__version__"]
+__all__ = ["CompiledFunction", "GradcError", "Objective", "compile", "plan", "nn", "optim", "planner", "__version__"]
 
 
 def plan(expr, wrt, data=(), consts=(), memory=None):

@@ -120,16 +120,41 @@ def kernel_specs(prog, reduce, packed):
     if not getattr(prog.outputs[0], "shape", ()) and (packed or not per_example):
         vjp = vjp_program(prog, per_example=per_example)
         kind = "array" if packed else "tuple"
+        n = len(vjp.outputs) - 1  # gradient entries
         specs.append(KernelSpec(
             "value_and_grad", vjp, (("scalar", vjp.outputs[:1]), (kind, vjp.outputs[1:])),
             f"(value, gradient){per}, by reverse mode."))
         specs.append(KernelSpec("grad", None, (), f"The gradient{per}, by reverse mode.",
                                 wraps=("value_and_grad", 1)))
+        hvp = hvp_program(vjp)
+        specs.append(KernelSpec(
+            "value_grad_hvp", hvp, (("scalar", hvp.outputs[:1]), (kind, hvp.outputs[1:1 + n]),
+                                    (kind, hvp.outputs[1 + n:])),
+            f"(value, gradient, Hessian-vector product along tangent){per}, by forward "
+            "over reverse mode."))
+        specs.append(KernelSpec("hvp", None, (), f"The Hessian-vector product along "
+                                f"tangent{per}, by forward over reverse mode.",
+                                wraps=("value_grad_hvp", 2)))
     jvp = jvp_program(prog)
     specs.append(KernelSpec(
         "jvp", jvp, (("scalar", jvp.outputs[:1]), ("scalar", jvp.outputs[1:])),
         f"(value, directional derivative along tangent){per}, by forward mode."))
     return specs
+
+
+def hvp_program(vjp):
+    """The program of ``value_grad_hvp``: forward mode over the reverse-mode program
+    ``vjp`` (value, then the gradient entries), keeping the value, the gradient and the
+    gradient's tangent (the Hessian-vector product), in that order; the tangent of the
+    value is dropped."""
+    from .ir import Program
+
+    fo = jvp_program(vjp)
+    k = len(vjp.outputs)
+    outs = fo.outputs[:k] + fo.outputs[k + 1:]
+    names = ("value",) + tuple(f"grad_{i.name}" for i in vjp.inputs_of("param")) + tuple(
+        f"hvp_{i.name}" for i in vjp.inputs_of("param"))
+    return Program(fo.inputs, fo.eqns, tuple(outs), names)
 
 
 def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
@@ -212,6 +237,7 @@ class CompiledFunction:
                              if isinstance(expr, sp.MatrixExpr) else ())
         self._engine = None
         self._plan = None
+        self._second = {}  # value program, pattern, Hessian plans and recoveries
 
     def __repr__(self):
         def names(syms):
@@ -398,6 +424,178 @@ class CompiledFunction:
             self.kernels.jvp, self._params(params, "params"), self._params(tangent, "tangent"),
             *self._args(args),
         )
+
+    def hvp(self, params, tangent, *args):
+        """The Hessian-vector product ``H @ tangent`` (the directional derivative of the
+        gradient along ``tangent``), by forward over reverse mode: laid out like the
+        gradient (one vector for scalar parameters, else a list in ``wrt`` order).
+
+        Examples
+        --------
+        >>> import numpy as np, sympy as sp, gradc
+        >>> a, b = sp.symbols("a b")
+        >>> fn = gradc.compile(a**2 * b + b**3, wrt=[a, b], jit=False)
+        >>> fn.hvp([1.0, 2.0], [1.0, 0.0]).tolist()  # H = [[2b, 2a], [2a, 6b]]
+        [4.0, 2.0]
+        """
+        return self.value_grad_hvp(params, tangent, *args)[2]
+
+    def value_grad_hvp(self, params, tangent, *args):
+        """``(value, gradient, Hessian-vector product along tangent)`` in one pass."""
+        kernel = self._kernel("value_grad_hvp")
+        p = self._params(params, "params")
+        t = self._params(tangent, "tangent")
+        with np.errstate(all="ignore"):
+            value, g, hv = kernel(p, t, *self._args(args))
+        return _plain(value), self._result(g), self._result(hv)
+
+    # -- flat parameter vectors and second derivatives ---------------------------------------
+    @property
+    def size(self):
+        """P, the number of flattened parameters (``wrt`` in order, matrices row-major)."""
+        return sum(max(1, int(np.prod(self._shapes[s]))) for s in self.wrt)
+
+    def pack(self, params, _checked=True):
+        """``params`` (as the methods take them) as one flat float64 vector of length
+        :attr:`size`: ``wrt`` in order, each matrix flattened row-major.
+
+        Examples
+        --------
+        >>> import sympy as sp, gradc
+        >>> W, a = sp.MatrixSymbol("W", 2, 2), sp.Symbol("a")
+        >>> fn = gradc.compile(a * sp.trace(W), wrt=[W, a], jit=False)
+        >>> fn.pack([[[1, 2], [3, 4]], 5.0]).tolist()
+        [1.0, 2.0, 3.0, 4.0, 5.0]
+        >>> fn.unpack([1, 2, 3, 4, 5.0])[0].tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
+        """
+        if self.scalar_params:
+            return self._params(params, "params") if _checked else np.asarray(params, float)
+        vals = self._params(params, "params") if _checked else params
+        return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in vals])
+
+    def unpack(self, x, _checked=True):
+        """The inverse of :meth:`pack`: a flat vector as ``params``."""
+        x = np.asarray(x, dtype=np.float64)
+        if _checked and (x.ndim != 1 or x.shape[0] != self.size):
+            raise GradcError(f"expected a flat vector of {self.size} values (the flattened "
+                             f"parameters, see pack), got shape {x.shape}")
+        if self.scalar_params:
+            return x
+        out, k = [], 0
+        for s in self.wrt:
+            shape = self._shapes[s]
+            m = max(1, int(np.prod(shape)))
+            out.append(x[k:k + m].reshape(shape) if shape not in ((), (1, 1)) else float(x[k]))
+            k += m
+        return out
+
+    def _value_program(self):
+        """The lowered value program (lowered again on first use: a function loaded from
+        the disk cache has only its source)."""
+        if "value" not in self._second:
+            packed = is_scalar_model(self.expr, self.wrt, self.data, self.consts)
+            self._second["value"] = lower(self.expr, self.wrt, self.data, self.consts,
+                                          self.reduce, packed=packed, checked=True)
+        return self._second["value"]
+
+    def _hvp_program(self):
+        if "hvp" not in self._second:
+            per_example = self.reduce is None and bool(self.data)
+            self._second["hvp"] = hvp_program(vjp_program(self._value_program(),
+                                                          per_example=per_example))
+        return self._second["hvp"]
+
+    def _scalar_output(self, what):
+        if self.output_shape not in ((), (1, 1)):
+            raise GradcError(
+                f"{what} needs a scalar output; this function's output is a "
+                f"{self.output_shape[0]}x{self.output_shape[1]} matrix: use jacobian")
+
+    def hessian_sparsity(self):
+        """The exact structural pattern of the Hessian with respect to the flattened
+        parameters (see :meth:`pack`): a symmetric boolean ``scipy.sparse.csr_matrix``,
+        read off the program (:mod:`gradc.sparsity`), without evaluating anything.
+
+        Examples
+        --------
+        >>> import sympy as sp, gradc
+        >>> x = sp.symbols("x0:4")
+        >>> chain = sum((x[i + 1] - x[i] ** 2) ** 2 for i in range(3))
+        >>> gradc.compile(chain, wrt=list(x), jit=False).hessian_sparsity().toarray().astype(int)
+        array([[1, 1, 0, 0],
+               [1, 1, 1, 0],
+               [0, 1, 1, 1],
+               [0, 0, 1, 1]])
+        """
+        from .sparsity import hessian_pattern
+
+        self._scalar_output("hessian_sparsity")
+        if "pattern" not in self._second:
+            self._second["pattern"] = hessian_pattern(self._value_program())
+        return self._second["pattern"].copy()
+
+    def jacobian_sparsity(self):
+        """The exact structural pattern of the Jacobian of the flattened output with
+        respect to the flattened parameters: a boolean ``(outputs, P)`` csr matrix."""
+        from .sparsity import jacobian_pattern
+
+        return jacobian_pattern(self._value_program())
+
+    def _hessian_plan_for(self, n):
+        from .hessian import plan_hessian
+
+        self._scalar_output("hessian")
+        key = ("plan", n if self.data else 1)
+        if key not in self._second:
+            self.hessian_sparsity()
+            first = self._second.get(("plan", 1))
+            self._second[key] = plan_hessian(self, n, self._second["pattern"],
+                                             first.colour if first is not None else None)
+        return self._second[key]
+
+    def _sweeps(self, method):
+        from .hessian import sweeps
+
+        key = ("sweeps", method)
+        if key not in self._second:
+            self._second[key] = sweeps(self, self._hessian_plan_for(1), method)
+        return self._second[key]
+
+    @property
+    def hessian_plan(self):
+        """The :class:`gradc.hessian.HessianPlan`: dense against coloured Hessian sweeps,
+        with the pattern, the colours, flops, memory and predicted time (for the batch
+        size of the last :meth:`hessian` call, or 1,000 examples before any)."""
+        return self._hessian_plan_for(self._second.get("last_n", 1000))
+
+    def hessian(self, params, *args, sparse=False, method="auto"):
+        """The Hessian with respect to the flattened parameters (see :meth:`pack`).
+
+        ``sparse=False`` returns a dense ``(P, P)`` array, ``True`` a
+        ``scipy.sparse.csr_matrix`` holding the structural pattern, ``"auto"`` the csr
+        matrix when at most a quarter of the entries are structural nonzeros.  ``method``
+        is ``"auto"`` (the :attr:`hessian_plan`'s choice), ``"dense"`` (one HVP per
+        parameter) or ``"coloured"`` (one HVP per colour of a star colouring of the
+        pattern).  With ``reduce=None`` the Hessians are per example: ``(n, P, P)``.
+
+        Examples
+        --------
+        >>> import sympy as sp, gradc
+        >>> a, b = sp.symbols("a b")
+        >>> fn = gradc.compile(a**2 * b + b**3, wrt=[a, b], jit=False)
+        >>> fn.hessian([1.0, 2.0]).tolist()
+        [[4.0, 2.0], [2.0, 12.0]]
+        """
+        from .hessian import hessian
+
+        self._scalar_output("hessian")
+        if self.data:
+            try:
+                self._second["last_n"] = int(np.shape(args[0])[0])
+            except (IndexError, TypeError):
+                pass
+        return hessian(self, params, args, sparse=sparse, method=method)
 
     def memory(self, n=1):
         """Peak bytes of intermediate arrays each kernel holds at once for a batch of ``n``.

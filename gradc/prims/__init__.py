@@ -26,6 +26,13 @@ Each block holds all the rules of one primitive:
     :func:`gradc.ad.total` sums them back to the input's type.  A contribution to
     part of an input (one element, a slice) is a :class:`Scatter`; the AD transform adds
     all of a value's scattered parts with one ``assemble`` equation.
+``sparsity(eqn, deps, pattern)``
+    structural second-order sparsity (:mod:`gradc.sparsity`): given, for each input, an
+    object array of its per-example shape holding the sets of parameters each element
+    depends on, return the output's array and call ``pattern.meet(a, b)`` for the sets
+    that enter with a nonzero second derivative.  The default is conservative (every
+    output element depends on everything, and it all meets); primitives override it
+    with their exact rule.
 ``structure``
     what the planner needs to know of the Jacobian: ``"diagonal"`` (elementwise),
     ``"linear"`` (matmul, transpose, sums) or ``"dense"``.
@@ -76,6 +83,22 @@ class Primitive:
 
     def vjp(self, b, eqn, ct, active):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def sparsity(self, eqn, deps, pattern):
+        """Conservative: all parameters of all inputs reach every output element, and
+        they all meet."""
+        from ..sparsity import deps_array, whole
+
+        every = frozenset().union(*(whole(d) for d in deps))
+        pattern.meet(every, every)
+        return deps_array(eqn.out.shape, every)
+
+    def linear_sparsity(self, eqn, deps):
+        """For linear primitives whose output elements each depend on all of the input
+        (sums, picks by a data label): nothing meets."""
+        from ..sparsity import deps_array, whole
+
+        return deps_array(eqn.out.shape, frozenset().union(*(whole(d) for d in deps)))
 
 
 class Summed:

@@ -58,6 +58,9 @@ class BatchSum(Primitive):
     def emit_array(self, eqn, ctx):
         return ctx.batch_sum(eqn)
 
+    def sparsity(self, eqn, deps, pattern):
+        return deps[0]
+
 
 def batch_sum(b, a):
     """Sum of ``a`` over the batch; a batch-invariant ``a`` is multiplied by n."""
@@ -125,6 +128,21 @@ class MatMul(Primitive):
     def emit_array(self, eqn, ctx):
         return ctx.matmul(eqn)
 
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import deps_array
+
+        a, b_ = deps
+        (r, k), (_, c) = a.shape, b_.shape
+        out = deps_array((r, c))
+        for i in range(r):
+            for j in range(c):
+                parts = []
+                for t in range(k):
+                    pattern.meet(a[i, t], b_[t, j])
+                    parts += [a[i, t], b_[t, j]]
+                out[i, j] = frozenset().union(*parts)
+        return out.reshape(eqn.out.shape)
+
 
 def _product_ct(b, left, right, target, per_example):
     """The cotangent ``left @ right`` for ``target``.  When the product is per example and
@@ -185,6 +203,9 @@ class Transpose(Primitive):
         # a batched vector keeps its (n, L) storage; a matrix becomes a transposed view
         return [f"{ctx.name(eqn.out)} = {src}" + ("" if batched(a) else ".T")]
 
+    def sparsity(self, eqn, deps, pattern):
+        return deps[0].T.copy()
+
 
 def transpose(b, a):
     if a is None or isinstance(a, Lit) or shape_of(a) == ():
@@ -217,6 +238,9 @@ class Sum(Primitive):
     def emit_array(self, eqn, ctx):
         return ctx.reduce_elements(eqn, "sum")
 
+    def sparsity(self, eqn, deps, pattern):
+        return self.linear_sparsity(eqn, deps)
+
 
 def sum_elements(b, a):
     if a is None or shape_of(a) == ():
@@ -247,6 +271,11 @@ class Broadcast(Primitive):
 
     def vjp(self, b, eqn, ct, active):
         return [sum_elements(b, ct)]
+
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import broadcast_to
+
+        return broadcast_to(deps[0], eqn.params)
 
 
 def broadcast(b, a, shape):
@@ -313,6 +342,9 @@ class Pick(Primitive):
     def emit_array(self, eqn, ctx):
         return ctx.pick(eqn)
 
+    def sparsity(self, eqn, deps, pattern):
+        return self.linear_sparsity(eqn, deps[:1])  # any element may be the one picked
+
 
 def pick(b, z, idx):
     if z is None:
@@ -331,6 +363,9 @@ class OneHot(Primitive):
 
     def emit_array(self, eqn, ctx):
         return ctx.onehot(eqn)
+
+    def sparsity(self, eqn, deps, pattern):
+        return self.linear_sparsity(eqn, [])
 
 
 # --------------------------------------------------------------------------------------
@@ -365,6 +400,11 @@ class Element(Primitive):
             # would return a view, which array kernels may later write over
             return [f"{out} = {src}[:, {flat}].copy()"]
         return [f"{out} = {src}[{', '.join(map(str, eqn.params))}]"]
+
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import deps_array
+
+        return deps_array((), deps[0][tuple(eqn.params)])
 
 
 def _flat_index(index, shape):
@@ -436,6 +476,9 @@ class Gather(Primitive):
 
     def vjp(self, b, eqn, ct, active):
         return [Scatter(ct, eqn.params)]
+
+    def sparsity(self, eqn, deps, pattern):
+        return deps[0][list(spec_indices(eqn.params))]
 
 
 def gather(b, a, spec, hint=""):
@@ -509,6 +552,21 @@ class Assemble(Primitive):
                 raise GradcError("internal: a gathered run in an array kernel")
         return lines
 
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import deps_array, union
+
+        shape, where = eqn.params
+        out = deps_array(shape)
+        for d, w in zip(deps, where):
+            if w is None:
+                out = union(out, d)
+            elif isinstance(w[0], int):
+                out[tuple(w)] = out[tuple(w)] | d.reshape(-1)[0]
+            else:
+                idx = list(spec_indices(w))
+                out[idx] = union(out[idx], d)
+        return out
+
 
 def assemble(b, shape, parts):
     """``zeros(shape)`` plus each ``(atom, where)`` of ``parts`` (see :class:`Assemble`);
@@ -539,6 +597,9 @@ class Constant(Primitive):
         vals = ", ".join(repr(v) for v in eqn.params[:4])
         return f"constant([{vals}{', ...' if len(eqn.params) > 4 else ''}])"
 
+    def sparsity(self, eqn, deps, pattern):
+        return self.linear_sparsity(eqn, [])
+
 
 def constant(b, values, hint=""):
     values = tuple(float(v) for v in values)
@@ -562,6 +623,9 @@ class Eye(Primitive):
     def emit_array(self, eqn, ctx):
         r, c = eqn.params
         return [f"{ctx.name(eqn.out)} = np.eye({r}, {c})"]
+
+    def sparsity(self, eqn, deps, pattern):
+        return self.linear_sparsity(eqn, [])
 
 
 __all__ = ["batch_sum", "matmul", "transpose", "sum_elements", "broadcast", "pick",

@@ -46,6 +46,11 @@ class Add(Primitive):
     def vjp(self, b, eqn, ct, active):
         return [ct if act else None for act in active]
 
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import union
+
+        return union(*deps)
+
 
 # --------------------------------------------------------------------------------------
 # mul: out = x * y
@@ -74,6 +79,12 @@ class Mul(Primitive):
     def vjp(self, b, eqn, ct, active):
         x, y = eqn.inputs
         return [mul(b, ct, y) if active[0] else None, mul(b, ct, x) if active[1] else None]
+
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import union
+
+        pattern.meet_elementwise(deps[0], deps[1])
+        return union(*deps)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,6 +245,35 @@ class Elementwise(Primitive):
             elementwise(b, ds[i] * ctp, inputs) if active[i] and ds[i] != 0 else None
             for i in range(k)
         ]
+
+    def sparsity(self, eqn, deps, pattern):
+        from ..sparsity import EMPTY, broadcast_to, deps_array, union
+
+        first, second = second_partials(eqn.params, len(eqn.inputs))
+        for i, di in enumerate(deps):
+            for j in range(i, len(deps)):
+                if second[i][j]:
+                    pattern.meet_elementwise(di, deps[j])
+        reach = [d for d, f in zip(deps, first) if f]
+        return broadcast_to(union(*reach), eqn.out.shape) if reach else \
+            deps_array(eqn.out.shape, EMPTY)
+
+
+@lru_cache(maxsize=4096)
+def second_partials(body: sp.Expr, nargs: int) -> tuple:
+    """Which inputs of ``body`` reach it and which pairs meet: ``(first, second)`` with
+    ``first[i]`` true when the partial derivative by ``_a{i}`` is not identically zero and
+    ``second[i][j]`` when the second partial by ``_a{i}`` and ``_a{j}`` is not, both under
+    gradc's conventions (the same :func:`partials` the AD transforms use)."""
+    ds = partials(body, nargs)
+    out = placeholder(nargs)
+    first = tuple(d != 0 for d in ds)
+    second = []
+    for i in range(nargs):
+        d = ds[i].xreplace({out: body}) if ds[i] != 0 else sp.S.Zero
+        row = partials(d, nargs) if d != 0 and not d.is_Number else (sp.S.Zero,) * nargs
+        second.append(tuple(bool(r != 0) for r in row))
+    return first, tuple(second)
 
 
 def number(value: float) -> sp.Expr:

@@ -1,0 +1,253 @@
+"""Hessians: planned as dense or coloured sweeps of Hessian-vector products, as a value.
+
+Contract
+--------
+:func:`plan_hessian` builds a :class:`HessianPlan` for a compiled function with a scalar
+output: the exact structural pattern of its Hessian (:func:`gradc.sparsity.hessian_pattern`),
+a star colouring of it (:mod:`gradc.colouring`), and for each way of computing the Hessian
+(``"dense"``: one HVP along each unit vector, P sweeps; ``"coloured"``: one HVP along each
+colour's indicator vector, then direct recovery) the sweeps, the multiply-adds, the memory
+and the calibrated predicted time (:mod:`gradc.planner.calibrate`); ``plan.choice`` is the
+faster.  Printing the plan prints that table.
+
+:func:`hessian` evaluates it: the HVP kernel (``fn.kernels.value_grad_hvp``) is called once
+per sweep, and the Hessian read from the products.  Dense and coloured give the same
+numbers up to rounding; the result is exactly symmetric (each pair is read once and
+mirrored) and has exact zeros wherever the pattern does.  With ``reduce=None`` the result
+is one dense Hessian per example, ``(n, P, P)``.
+
+P counts the flattened parameters: ``wrt`` in order, matrices row-major (the layout of
+:meth:`gradc.CompiledFunction.pack`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .colouring import StarRecovery, colouring_work, seed_matrix, star_colouring
+from .errors import GradcError
+from .ir import size_of
+
+#: Patterns whose colouring would take more than this much work (sum of squared degrees)
+#: are computed dense: they are too dense for colouring to save sweeps.
+MAX_COLOURING_WORK = 50_000_000
+
+
+def sweep_work(prog):
+    """``(blas, elementwise, batched)`` multiply-adds of one run of ``prog``: per example for
+    batched values (returned in ``batched`` too), once for the rest."""
+    blas = elem = per_blas = per_elem = 0.0
+    for e in prog.eqns:
+        if e.prim == "matmul":
+            a, b_ = e.inputs
+            (r, k), (_, c) = a.shape, b_.shape
+            w, is_blas = float(r * k * c), True
+        elif e.prim in ("constant", "eye"):
+            continue
+        else:
+            w, is_blas = float(max(size_of(e.out.shape), max(
+                (size_of(getattr(a, "shape", ())) for a in e.inputs), default=1))), False
+        per = e.out.batched or e.prim == "batch_sum" or (e.prim == "matmul" and e.params)
+        if per:
+            per_blas += w * is_blas
+            per_elem += w * (not is_blas)
+        else:
+            blas += w * is_blas
+            elem += w * (not is_blas)
+    return blas, elem, (per_blas, per_elem)
+
+
+@dataclass(frozen=True)
+class HessianOption:
+    """One way of computing the Hessian: its sweeps, multiply-adds per example (or in all,
+    without data), memory in bytes and predicted seconds for a batch of ``n``."""
+
+    name: str
+    sweeps: int
+    work: float
+    memory: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HessianPlan:
+    """Dense against coloured Hessian accumulation for one compiled function.
+
+    Attributes
+    ----------
+    size : int
+        P, the number of flattened parameters.
+    pattern : scipy.sparse.csr_matrix
+        The exact structural pattern (boolean, symmetric).
+    colour : numpy.ndarray or None
+        The star colouring (None when the pattern was too dense to colour).
+    options : tuple of HessianOption
+    choice : str
+        The option with the smallest predicted time.
+    n : int
+        The batch size the times are predicted for.
+    """
+
+    size: int
+    pattern: object
+    colour: object
+    options: tuple
+    choice: str
+    n: int
+
+    @property
+    def colours(self):
+        return None if self.colour is None else int(self.colour.max()) + 1 if self.size else 0
+
+    def option(self, name):
+        return next(o for o in self.options if o.name == name)
+
+    def table(self) -> str:
+        nnz = self.pattern.nnz
+        head = (f"Hessian of {self.size} parameters: {nnz:,} structural nonzeros "
+                f"({100.0 * nnz / max(self.size ** 2, 1):.1f}% of {self.size ** 2:,})"
+                + (f", {self.colours} colours (star colouring)" if self.colour is not None
+                   else ", too dense to colour"))
+        lines = [head, f"  {'method':<10} {'HVP sweeps':>10} {'flops':>16} {'memory':>12} "
+                       f"{'predicted':>12}"]
+        for o in self.options:
+            mark = "  <- chosen" if o.name == self.choice else ""
+            lines.append(f"  {o.name:<10} {o.sweeps:>10,} {2 * o.work:>16,.0f} "
+                         f"{_bytes(o.memory):>12} {_secs(o.seconds):>12}{mark}")
+        lines.append(f"  (predicted for a batch of {self.n:,}; flops count the HVP sweeps)")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table()
+
+    def __repr__(self):
+        return (f"HessianPlan(size={self.size}, nnz={self.pattern.nnz}, "
+                f"colours={self.colours}, choice={self.choice!r})")
+
+
+def _bytes(b):
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:,.0f} {unit}" if unit == "B" else f"{b:,.1f} {unit}"
+        b /= 1024.0
+
+
+def _secs(s):
+    return f"{s * 1e6:,.1f} us" if s < 1e-3 else f"{s * 1e3:,.2f} ms" if s < 1 else f"{s:,.2f} s"
+
+
+def plan_hessian(fn, n=1, pattern=None, colour=None):
+    """The :class:`HessianPlan` of compiled function ``fn`` for a batch of ``n`` (with
+    its ``pattern`` and star ``colour``-ing when they are known already)."""
+    from .planner.calibrate import MOVE_SECONDS, rates
+    from .sparsity import hessian_pattern
+
+    hprog = fn._hvp_program()
+    if pattern is None:
+        pattern = hessian_pattern(fn._value_program())
+    size = pattern.shape[0]
+    if colour is None and size and colouring_work(pattern) <= MAX_COLOURING_WORK:
+        colour = star_colouring(pattern)
+    blas, elem, (pblas, pelem) = sweep_work(hprog)
+    rate = rates()
+    n_eff = max(int(n), 1) if fn.data else 1
+    one = (blas + pblas * n_eff) / rate["blas"] + (elem + pelem * n_eff) / rate["elementwise"]
+    work = blas + elem + (pblas + pelem) * n_eff
+    per = n_eff if fn.reduce is None and fn.data else 1
+    options = [HessianOption("dense", size, size * work, 8 * per * size * size + 8 * size * size,
+                             size * (one + MOVE_SECONDS))]
+    if colour is not None:
+        k = int(colour.max()) + 1
+        recover = 2e-9 * per * pattern.nnz
+        mem = 8 * per * (size * k + pattern.nnz) + 12 * pattern.nnz
+        options.append(HessianOption("coloured", k, k * work, mem,
+                                     k * (one + MOVE_SECONDS) + recover))
+    choice = min(options, key=lambda o: o.seconds).name
+    return HessianPlan(size, pattern, colour, tuple(options), choice, n_eff)
+
+
+def _symmetric_reads(rec):
+    """Make a recovery read each off-diagonal pair once: entry (i, j) with i > j reads
+    where (j, i) does, so the result is exactly symmetric."""
+    m = rec.pattern
+    size = m.shape[0]
+    rows = np.repeat(np.arange(size), np.diff(m.indptr))
+    cols = m.indices
+    keys = rows.astype(np.int64) * size + cols
+    tkeys = cols.astype(np.int64) * size + rows
+    pos = np.searchsorted(keys, tkeys)  # csr order with sorted indices is sorted by key
+    lower = rows > cols
+    r, c = rec.rows_read.copy(), rec.cols_read.copy()
+    r[lower], c[lower] = r[pos[lower]], c[pos[lower]]
+    rec.set_reads(r, c)
+    return rec
+
+
+def hessian(fn, params, args, sparse=False, method="auto"):
+    """The Hessian of ``fn`` at ``params`` (see :meth:`gradc.CompiledFunction.hessian`)."""
+    if sparse not in (False, True, "auto"):
+        raise GradcError(f"sparse must be True, False or 'auto', got {sparse!r}")
+    if method not in ("auto", "dense", "coloured"):
+        raise GradcError(f"method must be 'auto', 'dense' or 'coloured', got {method!r}")
+    kernel = fn._kernel("value_grad_hvp")
+    p = fn._params(params, "params")
+    vals = fn._args(args)
+    n = vals[0].shape[0] if fn.data else 1
+    plan = fn._hessian_plan_for(1)  # the choice does not depend on n: both scale with it
+    per_example = fn.reduce is None and bool(fn.data)
+    if sparse is True and per_example:
+        raise GradcError("per-example Hessians (reduce=None) come back dense, (n, P, P): "
+                         "use sparse=False")
+    if method == "auto":
+        method = plan.choice
+    if method == "coloured" and plan.colour is None:
+        raise GradcError(f"the Hessian pattern is too dense to colour ({plan.pattern.nnz:,} "
+                         f"nonzeros of {plan.size ** 2:,}): use method='dense'")
+    rec, tangents = fn._sweeps(method)
+    size, k = plan.size, len(tangents)
+    products = np.empty((n, k, size) if per_example else (k, size))
+    with np.errstate(all="ignore"):
+        for c, t in enumerate(tangents):
+            hv = kernel(p, t, *vals)[2]
+            products[..., c, :] = hv if fn.scalar_params else fn.pack(fn._result(hv), False)
+    values = rec.values(products)
+    pattern = plan.pattern
+    if per_example:
+        out = np.zeros((n, size, size))
+        rows = np.repeat(np.arange(size), np.diff(pattern.indptr))
+        out[:, rows, pattern.indices] = values
+        return out
+    from .sparsity import _scipy_sparse
+
+    sp_ = _scipy_sparse()
+    h = sp_.csr_matrix((values, pattern.indices.copy(), pattern.indptr.copy()),
+                       shape=(size, size))
+    if sparse is True or (sparse == "auto" and pattern.nnz <= size * size // 4):
+        return h
+    return h.toarray()
+
+
+def sweeps(fn, plan, method):
+    """``(recovery, tangents)`` of a method: the reads, and the seed columns as the HVP
+    kernel takes its tangent (checked once)."""
+    if method == "dense":
+        rec, colour = dense_recovery(plan), np.arange(plan.size)
+    else:
+        rec, colour = star_recovery(plan), plan.colour
+    seeds = seed_matrix(colour, int(colour.max()) + 1 if colour.size else 0)
+    tangents = [fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c])), "tangent")
+                for c in range(seeds.shape[1])]
+    return rec, tangents
+
+
+def dense_recovery(plan):
+    """The reads of a dense computation (one sweep per unit vector, that is, every
+    parameter a colour of its own), made symmetric."""
+    return _symmetric_reads(StarRecovery(plan.pattern, np.arange(plan.size)))
+
+
+def star_recovery(plan):
+    """The :class:`gradc.colouring.StarRecovery` of a plan's colouring, made symmetric."""
+    return _symmetric_reads(StarRecovery(plan.pattern, plan.colour))
