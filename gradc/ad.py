@@ -37,11 +37,15 @@ def active_set(prog: Program) -> set:
     return active
 
 
-def jvp_program(prog: Program, sweeps: bool = False) -> Program:
+def jvp_program(prog: Program, sweeps: bool = False, copies: int = 1) -> Program:
     """Forward mode: primal outputs, then their tangents along the ``tangent`` inputs.
 
     With ``sweeps`` the tangent inputs are batched: many tangents pushed through one
-    (batch-invariant) primal evaluation at once, as for the columns of a Jacobian.
+    (batch-invariant) primal evaluation at once, as for the columns of a Jacobian.  With
+    ``copies`` = k > 1 there are k independent sets of tangent inputs (input ``index`` is
+    ``c * params + i`` for copy c of param i), all at one nesting level, and the outputs
+    are the primal outputs followed by their tangents along each set in turn: k
+    directions through one shared primal computation.
 
     Examples
     --------
@@ -62,24 +66,27 @@ def jvp_program(prog: Program, sweeps: bool = False) -> Program:
     """
     b = Builder(prog)
     active = active_set(prog)
-    tangent = {}
     level = 1 + max((i.level for i in prog.inputs_of("tangent")), default=0)
-    for inp in prog.inputs_of("param"):
-        tangent[inp.var.id] = b.add_input("tangent", inp.name, inp.index, inp.var.shape, sweeps,
-                                          level=level)
-    for e in prog.eqns:
-        if e.out.id not in active:
-            continue
-        ts = [tangent.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
-        t = prims.registry[e.prim].jvp(b, e, ts)
-        if t is not None and type_of(t)[0] != e.out.shape:  # a scalar tangent of a matrix
-            t = broadcast(b, t, e.out.shape)
-        if t is not None:
-            tangent[e.out.id] = t
-    outs = list(prog.outputs)
-    touts = [_tangent_of(o, tangent) for o in prog.outputs]
-    names = list(prog.output_names) + [f"d{n}" for n in prog.output_names]
-    return b.build(outs + touts, names)
+    params = prog.inputs_of("param")
+    touts, names = [], list(prog.output_names)
+    for c in range(copies):
+        tangent = {}
+        for inp in params:
+            tangent[inp.var.id] = b.add_input("tangent", inp.name, c * len(params) + inp.index,
+                                              inp.var.shape, sweeps, level=level)
+        for e in prog.eqns:
+            if e.out.id not in active:
+                continue
+            ts = [tangent.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
+            t = prims.registry[e.prim].jvp(b, e, ts)
+            if t is not None and type_of(t)[0] != e.out.shape:  # a scalar tangent of a matrix
+                t = broadcast(b, t, e.out.shape)
+            if t is not None:
+                tangent[e.out.id] = t
+        touts += [_tangent_of(o, tangent) for o in prog.outputs]
+        suffix = "" if copies == 1 else str(c)
+        names += [f"d{n}{suffix}" for n in prog.output_names]
+    return b.build(list(prog.outputs) + touts, names)
 
 
 def _tangent_of(atom, tangent):

@@ -105,6 +105,7 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
                            parallel=bool(parallel), manifest=manifest)
     fn = CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
                           bool(parallel), manifest)
+    fn._key = key
     if eager:
         fn.warmup()
     return fn
@@ -142,19 +143,38 @@ def kernel_specs(prog, reduce, packed):
     return specs
 
 
-def hvp_program(vjp):
+def hvp_program(vjp, copies=1):
     """The program of ``value_grad_hvp``: forward mode over the reverse-mode program
     ``vjp`` (value, then the gradient entries), keeping the value, the gradient and the
     gradient's tangent (the Hessian-vector product), in that order; the tangent of the
-    value is dropped."""
+    value is dropped.  With ``copies`` = k, the k Hessian-vector products along k
+    directions follow the gradient, one after the other (one primal and one reverse pass
+    shared by all)."""
     from .ir import Program
 
-    fo = jvp_program(vjp)
+    fo = jvp_program(vjp, copies=copies)
     k = len(vjp.outputs)
-    outs = fo.outputs[:k] + fo.outputs[k + 1:]
-    names = ("value",) + tuple(f"grad_{i.name}" for i in vjp.inputs_of("param")) + tuple(
-        f"hvp_{i.name}" for i in vjp.inputs_of("param"))
+    outs = list(fo.outputs[:k])
+    for c in range(copies):
+        outs += fo.outputs[k + c * k + 1:k + (c + 1) * k]
+    params = vjp.inputs_of("param")
+    names = ("value",) + tuple(f"grad_{i.name}" for i in params) + tuple(
+        f"hvp{c if copies > 1 else ''}_{i.name}" for c in range(copies) for i in params)
     return Program(fo.inputs, fo.eqns, tuple(outs), names)
+
+
+def hvp_block_spec(vjp, copies, kind):
+    """The ``hvp_block`` kernel: ``(value, gradient, H t_0, ..., H t_{k-1})`` for k
+    directions given as the rows of one ``(k, P)`` array (scalar parameters) or as one
+    flat tuple of k parameter tuples (matrix parameters)."""
+    prog = hvp_program(vjp, copies)
+    m = len(vjp.outputs) - 1
+    groups = [("scalar", prog.outputs[:1]), (kind, prog.outputs[1:1 + m])]
+    for c in range(copies):
+        groups.append((kind, prog.outputs[1 + m + c * m:1 + m + (c + 1) * m]))
+    return KernelSpec("hvp_block", prog, tuple(groups),
+                      f"(value, gradient, then the Hessian-vector products along {copies} "
+                      "directions), by forward over reverse mode.")
 
 
 def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
@@ -453,7 +473,11 @@ class CompiledFunction:
     @property
     def size(self):
         """P, the number of flattened parameters (``wrt`` in order, matrices row-major)."""
-        return sum(max(1, int(np.prod(self._shapes[s]))) for s in self.wrt)
+        if "size" not in self._second:
+            self._second["size"] = sum(
+                max(1, int(np.prod(self._shapes[s]))) if self._shapes[s] else 1
+                for s in self.wrt)
+        return self._second["size"]
 
     def pack(self, params, _checked=True):
         """``params`` (as the methods take them) as one flat float64 vector of length
@@ -552,6 +576,32 @@ class CompiledFunction:
             first = self._second.get(("plan", 1))
             self._second[key] = plan_hessian(self, n, self._second["pattern"],
                                              first.colour if first is not None else None)
+        return self._second[key]
+
+    #: At most this many Hessian-vector products per call of the ``hvp_block`` kernel.
+    HVP_BLOCK = 8
+
+    def _hvp_block(self, k):
+        """The ``hvp_block`` kernel for k directions per call: one module of its own,
+        generated and compiled on first use (and cached on disk like the others), so
+        functions that never ask for a Hessian never pay for it."""
+        key = ("block", k)
+        if key not in self._second:
+            bkey = backend.make_key(getattr(self, "_key", ""), "hvp_block", str(k))
+            hit = backend.lookup(bkey) if self.jit else None
+            if hit is not None and hit[1] is not None:
+                source, manifest = hit
+            else:
+                per_example = self.reduce is None and bool(self.data)
+                vjp = vjp_program(self._value_program(), per_example=per_example)
+                spec = hvp_block_spec(vjp, k, "array" if self.scalar_params else "tuple")
+                source, manifest = generate(
+                    [spec], self.reduce, title=short(self.expr, 200) + f" (Hessian, {k} "
+                    "directions per call)", version=__version__, parallel=self.parallel,
+                    param_names=[s.name for s in self.wrt] if self.scalar_params else None)
+            kernels = backend.load(source, bkey, ["hvp_block"], jit=self.jit,
+                                   parallel=self.parallel, manifest=manifest)
+            self._second[key] = kernels.hvp_block
         return self._second[key]
 
     def _sweeps(self, method):

@@ -86,8 +86,8 @@ class HessianPlan:
     options : tuple of HessianOption
     choice : str
         The option with the smallest predicted time.
-    n : int
-        The batch size the times are predicted for.
+    n : int or None
+        The batch size the times are predicted for (None: no data).
     """
 
     size: int
@@ -116,7 +116,8 @@ class HessianPlan:
             mark = "  <- chosen" if o.name == self.choice else ""
             lines.append(f"  {o.name:<10} {o.sweeps:>10,} {2 * o.work:>16,.0f} "
                          f"{_bytes(o.memory):>12} {_secs(o.seconds):>12}{mark}")
-        lines.append(f"  (predicted for a batch of {self.n:,}; flops count the HVP sweeps)")
+        where = f"a batch of {self.n:,}" if self.n else "one evaluation (no data)"
+        lines.append(f"  (predicted for {where}; flops count the HVP sweeps)")
         return "\n".join(lines)
 
     def __str__(self):
@@ -165,7 +166,8 @@ def plan_hessian(fn, n=1, pattern=None, colour=None):
         options.append(HessianOption("coloured", k, k * work, mem,
                                      k * (one + MOVE_SECONDS) + recover))
     choice = min(options, key=lambda o: o.seconds).name
-    return HessianPlan(size, pattern, colour, tuple(options), choice, n_eff)
+    return HessianPlan(size, pattern, colour, tuple(options), choice,
+                       n_eff if fn.data else None)
 
 
 def _symmetric_reads(rec):
@@ -208,10 +210,20 @@ def hessian(fn, params, args, sparse=False, method="auto"):
     rec, tangents = fn._sweeps(method)
     size, k = plan.size, len(tangents)
     products = np.empty((n, k, size) if per_example else (k, size))
+    width = min(k, fn.HVP_BLOCK)
     with np.errstate(all="ignore"):
-        for c, t in enumerate(tangents):
-            hv = kernel(p, t, *vals)[2]
-            products[..., c, :] = hv if fn.scalar_params else fn.pack(fn._result(hv), False)
+        if width == 1:
+            hv = kernel(p, tangents[0], *vals)[2]
+            products[..., 0, :] = hv if fn.scalar_params else fn.pack(fn._result(hv), False)
+        else:  # blocks of directions sharing one primal and one reverse pass
+            block = fn._hvp_block(width)
+            for start in range(0, k, width):
+                seeds = _block_seeds(fn, tangents, start, width)
+                out = block(p, seeds, *vals)
+                for c in range(min(width, k - start)):
+                    hv = out[2 + c]
+                    products[..., start + c, :] = hv if fn.scalar_params else \
+                        fn.pack(fn._result(hv), False)
     values = rec.values(products)
     pattern = plan.pattern
     if per_example:
@@ -240,6 +252,19 @@ def sweeps(fn, plan, method):
     tangents = [fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c])), "tangent")
                 for c in range(seeds.shape[1])]
     return rec, tangents
+
+
+def _block_seeds(fn, tangents, start, width):
+    """Directions ``start .. start + width`` as the ``hvp_block`` kernel takes them (a
+    ``(width, P)`` array, or one flat tuple of parameter tuples), padded with zeros."""
+    chosen = tangents[start:start + width]
+    if fn.scalar_params:
+        out = np.zeros((width, fn.size))
+        out[:len(chosen)] = chosen
+        return out
+    zero = tuple(np.zeros_like(t) if isinstance(t, np.ndarray) else 0.0 for t in tangents[0])
+    chosen = list(chosen) + [zero] * (width - len(chosen))
+    return tuple(entry for t in chosen for entry in t)
 
 
 def dense_recovery(plan):

@@ -214,11 +214,13 @@ class ChunkKernel(KernelWriter):
     def prologue(self):
         lines = []
         for role in ("param", "tangent", "cotangent"):
-            for i in self.prog.inputs_of(role):
+            inputs = self.prog.inputs_of(role)
+            for i in inputs:
                 src = self.seed_source(i)
-                if i.var.shape:  # the vector is the argument itself
+                several = sum(1 for j in inputs if j.level == i.level) > 1
+                if i.var.shape and not several:  # the vector is the argument itself
                     self.name.names[i.var.id] = src
-                else:
+                else:  # a scalar, or row i.index of a (copies, P) array of directions
                     lines.append(f"{self.name(i.var)} = {src}[{i.index}]")
         if self.data:
             lines.append(f"n = {self.name(self.data[0].var)}.shape[0]")
