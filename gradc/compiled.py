@@ -559,12 +559,24 @@ class CompiledFunction:
             self._second["pattern"] = hessian_pattern(self._value_program())
         return self._second["pattern"].copy()
 
+    def _jacobian_colouring(self):
+        """The column colouring of the Jacobian pattern and its recovery (computed once)."""
+        from .colouring import ColumnRecovery, column_colouring
+
+        if "jcolour" not in self._second:
+            pattern = self.jacobian_sparsity()
+            colour = column_colouring(pattern)
+            self._second["jcolour"] = ColumnRecovery(pattern, colour)
+        return self._second["jcolour"]
+
     def jacobian_sparsity(self):
         """The exact structural pattern of the Jacobian of the flattened output with
         respect to the flattened parameters: a boolean ``(outputs, P)`` csr matrix."""
         from .sparsity import jacobian_pattern
 
-        return jacobian_pattern(self._value_program())
+        if "jpattern" not in self._second:
+            self._second["jpattern"] = jacobian_pattern(self._value_program())
+        return self._second["jpattern"].copy()
 
     def _hessian_plan_for(self, n):
         from .hessian import plan_hessian
@@ -729,16 +741,39 @@ class CompiledFunction:
             self._plan = Plan.from_chain(eng.chain, eng.plan)
         return self._plan
 
-    def jacobian(self, params, *args, mode="auto"):
+    def jacobian(self, params, *args, mode="auto", sparse=False):
         """The Jacobian of the flattened output with respect to the flattened, concatenated
         ``wrt`` (shape ``(n_out, n_in)``; with data, one per example: ``(n, n_out, n_in)``).
 
         ``mode`` is ``"auto"`` (the plan predicted fastest on this machine),
-        ``"forward"``, ``"reverse"`` or ``"optimal"``; all give the same Jacobian to rounding.
+        ``"forward"``, ``"reverse"``, ``"optimal"`` or ``"coloured"`` (one JVP per colour
+        of a column colouring of the exact pattern :meth:`jacobian_sparsity`); all give
+        the same Jacobian to rounding.  ``sparse=True`` returns a
+        ``scipy.sparse.csr_matrix`` (computed by colouring; functions without data).
+        With matrix parameters the Jacobian is computed by colouring (per example with
+        data, for ``reduce=None``).
+
+        Examples
+        --------
+        >>> import numpy as np, sympy as sp, gradc
+        >>> x = sp.MatrixSymbol("x", 3, 1)
+        >>> fn = gradc.compile(sp.HadamardProduct(x, x) + x, wrt=[x], jit=False)
+        >>> fn.jacobian_sparsity().nnz        # diagonal: one JVP gives all of it
+        3
+        >>> J = fn.jacobian([np.array([[1.0], [2.0], [3.0]])], sparse=True)
+        >>> J.toarray().tolist()
+        [[3.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 7.0]]
         """
-        modes = ("auto", "forward", "reverse", "optimal")
+        modes = ("auto", "forward", "reverse", "optimal", "coloured")
         if mode not in modes:
             raise GradcError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
+        if sparse not in (False, True):
+            raise GradcError(f"sparse must be True or False, got {sparse!r}")
+        if sparse or mode == "coloured" or (mode == "auto" and not self.scalar_params
+                                            and any(_shape(s) for s in self.wrt)):
+            from .hessian import coloured_jacobian
+
+            return coloured_jacobian(self, params, args, sparse)
         eng = self.engine
         if mode == "auto":
             mode = self.plan.auto

@@ -1,4 +1,5 @@
-"""Hessians: planned as dense or coloured sweeps of Hessian-vector products, as a value.
+"""Hessians (dense or coloured sweeps of Hessian-vector products, planned as a value) and
+Jacobians by coloured JVP sweeps.
 
 Contract
 --------
@@ -15,6 +16,10 @@ per sweep, and the Hessian read from the products.  Dense and coloured give the 
 numbers up to rounding; the result is exactly symmetric (each pair is read once and
 mirrored) and has exact zeros wherever the pattern does.  With ``reduce=None`` the result
 is one dense Hessian per example, ``(n, P, P)``.
+
+:func:`coloured_jacobian` computes a Jacobian with one JVP (``fn.kernels.jvp``) per colour
+of a column colouring of its exact pattern (:func:`gradc.sparsity.jacobian_pattern`):
+columns that share no row share a sweep.
 
 P counts the flattened parameters: ``wrt`` in order, matrices row-major (the layout of
 :meth:`gradc.CompiledFunction.pack`).
@@ -276,3 +281,40 @@ def dense_recovery(plan):
 def star_recovery(plan):
     """The :class:`gradc.colouring.StarRecovery` of a plan's colouring, made symmetric."""
     return _symmetric_reads(StarRecovery(plan.pattern, plan.colour))
+
+
+def coloured_jacobian(fn, params, args, sparse=False):
+    """The Jacobian of ``fn``'s flattened output by coloured JVPs (see the module
+    docstring): a csr matrix with ``sparse``, else dense ``(outputs, P)``, or ``(n,
+    outputs, P)`` per example for functions with data and ``reduce=None``."""
+    if fn.data and fn.reduce is not None:
+        raise GradcError("a coloured Jacobian of a function with data is per example: compile "
+                         "with reduce=None (or use mode='auto' with scalar parameters)")
+    if sparse and fn.data:
+        raise GradcError("per-example Jacobians come back dense, (n, outputs, P): use "
+                         "sparse=False")
+    rec = fn._jacobian_colouring()
+    p = fn._params(params, "params")
+    vals = fn._args(args)
+    n = vals[0].shape[0] if fn.data else 1
+    k = rec.ncolours
+    m = rec.pattern.shape[0]
+    seeds = seed_matrix(rec.colour, k) if k else np.zeros((fn.size, 0))
+    products = np.empty((n, k, m) if fn.data else (k, m))
+    with np.errstate(all="ignore"):
+        for c in range(k):
+            t = fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c])), "tangent")
+            dot = np.asarray(fn.kernels.jvp(p, t, *vals)[1], dtype=np.float64)
+            products[..., c, :] = dot.reshape(n, m) if fn.data else dot.reshape(m)
+    values = rec.values(products)
+    pattern = rec.pattern
+    if fn.data:
+        out = np.zeros((n, m, fn.size))
+        rows = np.repeat(np.arange(m), np.diff(pattern.indptr))
+        out[:, rows, pattern.indices] = values
+        return out
+    from .sparsity import _scipy_sparse
+
+    j = _scipy_sparse().csr_matrix((values, pattern.indices.copy(), pattern.indptr.copy()),
+                                   shape=pattern.shape)
+    return j if sparse else j.toarray()

@@ -396,3 +396,57 @@ def test_bad_input_names_the_argument(rng):
                  lambda: fm.hvp([np.eye(2)], [np.eye(2)])):
         with pytest.raises(gradc.GradcError, match="scalar output"):
             call()
+
+
+# ----------------------------------------------------------------------------------------
+# Coloured (sparse) Jacobians
+
+
+def test_coloured_jacobian_equals_the_planned_one(rng):
+    xm = sp.MatrixSymbol("x", 6, 1)
+    A = sp.MatrixSymbol("A", 6, 6)
+    expr = nn.tanh(A * xm) + sp.HadamardProduct(xm, xm)
+    fn = gradc.compile(expr, wrt=[xm], consts=[A], jit=False)
+    band = np.triu(np.tril(rng.normal(size=(6, 6)), 1), -1)  # the values; the pattern is dense
+    x0 = [rng.normal(size=(6, 1))]
+    want = fn.jacobian(x0, band, mode="forward")
+    np.testing.assert_allclose(fn.jacobian(x0, band, mode="coloured"), want, rtol=1e-13,
+                               atol=1e-15)
+    # A is a const symbol: the pattern is structural, so dense in x
+    assert fn.jacobian_sparsity().nnz == 36
+
+
+def test_sparse_jacobian_of_an_elementwise_map():
+    xm = sp.MatrixSymbol("x", 50, 1)
+    fn = gradc.compile(sp.HadamardProduct(xm, xm) + nn.tanh(xm), wrt=[xm], jit=False)
+    x0 = np.linspace(-1, 1, 50).reshape(50, 1)
+    J = fn.jacobian([x0], sparse=True)
+    assert sps.issparse(J) and J.nnz == 50
+    assert fn._jacobian_colouring().ncolours == 1  # one JVP for the whole diagonal
+    np.testing.assert_allclose(J.diagonal(), 2 * x0[:, 0] + 1 - np.tanh(x0[:, 0]) ** 2,
+                               rtol=1e-14)
+
+
+def test_jacobian_with_respect_to_matrix_parameters(rng):
+    W = sp.MatrixSymbol("W", 3, 4)
+    b = sp.MatrixSymbol("b", 3, 1)
+    xm = sp.MatrixSymbol("x", 4, 1)
+    fn = gradc.compile(nn.tanh(W * xm + b), wrt=[W, b], data=[xm], reduce=None, jit=False)
+    params = [rng.normal(size=(3, 4)), rng.normal(size=(3, 1))]
+    X = rng.normal(size=(5, 4))
+    J = fn.jacobian(params, X)
+    assert J.shape == (5, 3, 15)
+    flat = fn.pack(params)
+    eps = 1e-6
+    for i in range(5):
+        f = lambda z: np.tanh(z[:12].reshape(3, 4) @ X[i] + z[12:])  # noqa: E731
+        fd = np.array([(f(flat + eps * e) - f(flat - eps * e)) / (2 * eps)
+                       for e in np.eye(15)]).T
+        np.testing.assert_allclose(J[i], fd, rtol=1e-7, atol=1e-9)
+    pat = fn.jacobian_sparsity().toarray()
+    assert pat[0, :4].all() and not pat[0, 4:12].any() and pat[0, 12] and not pat[0, 13:].any()
+    with pytest.raises(gradc.GradcError, match="dense"):
+        fn.jacobian(params, X, sparse=True)
+    mean = gradc.compile(nn.tanh(W * xm + b), wrt=[W, b], data=[xm], jit=False)
+    with pytest.raises(gradc.GradcError, match="reduce=None"):
+        mean.jacobian(params, X)
