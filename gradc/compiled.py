@@ -523,11 +523,15 @@ class CompiledFunction:
                                           self.reduce, packed=packed, checked=True)
         return self._second["value"]
 
+    def _vjp_program(self):
+        if "vjp" not in self._second:
+            per_example = self.reduce is None and bool(self.data)
+            self._second["vjp"] = vjp_program(self._value_program(), per_example=per_example)
+        return self._second["vjp"]
+
     def _hvp_program(self):
         if "hvp" not in self._second:
-            per_example = self.reduce is None and bool(self.data)
-            self._second["hvp"] = hvp_program(vjp_program(self._value_program(),
-                                                          per_example=per_example))
+            self._second["hvp"] = hvp_program(self._vjp_program())
         return self._second["hvp"]
 
     def _scalar_output(self, what):
@@ -604,9 +608,7 @@ class CompiledFunction:
             if hit is not None and hit[1] is not None:
                 source, manifest = hit
             else:
-                per_example = self.reduce is None and bool(self.data)
-                vjp = vjp_program(self._value_program(), per_example=per_example)
-                spec = hvp_block_spec(vjp, k, "array" if self.scalar_params else "tuple")
+                spec = hvp_block_spec(self._vjp_program(), k, "array" if self.scalar_params else "tuple")
                 source, manifest = generate(
                     [spec], self.reduce, title=short(self.expr, 200) + f" (Hessian, {k} "
                     "directions per call)", version=__version__, parallel=self.parallel,

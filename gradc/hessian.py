@@ -9,7 +9,8 @@ a star colouring of it (:mod:`gradc.colouring`), and for each way of computing t
 (``"dense"``: one HVP along each unit vector, P sweeps; ``"coloured"``: one HVP along each
 colour's indicator vector, then direct recovery) the sweeps, the multiply-adds, the memory
 and the calibrated predicted time (:mod:`gradc.planner.calibrate`); ``plan.choice`` is the
-faster.  Printing the plan prints that table.
+faster.  Sweeps run in blocks of up to ``CompiledFunction.HVP_BLOCK`` directions per
+kernel call, sharing one primal and reverse pass, and the cost model counts them so.  Printing the plan prints that table.
 
 :func:`hessian` evaluates it: the HVP kernel (``fn.kernels.value_grad_hvp``) is called once
 per sweep, and the Hessian read from the products.  Dense and coloured give the same
@@ -151,25 +152,38 @@ def plan_hessian(fn, n=1, pattern=None, colour=None):
     from .sparsity import hessian_pattern
 
     hprog = fn._hvp_program()
+    gprog = fn._vjp_program()
     if pattern is None:
         pattern = hessian_pattern(fn._value_program())
     size = pattern.shape[0]
     if colour is None and size and colouring_work(pattern) <= MAX_COLOURING_WORK:
         colour = star_colouring(pattern)
-    blas, elem, (pblas, pelem) = sweep_work(hprog)
     rate = rates()
     n_eff = max(int(n), 1) if fn.data else 1
-    one = (blas + pblas * n_eff) / rate["blas"] + (elem + pelem * n_eff) / rate["elementwise"]
-    work = blas + elem + (pblas + pelem) * n_eff
+
+    def cost(prog):  # (seconds, multiply-adds) of one run
+        blas, elem, (pblas, pelem) = sweep_work(prog)
+        secs = (blas + pblas * n_eff) / rate["blas"] + (elem + pelem * n_eff) / rate["elementwise"]
+        return secs, blas + elem + (pblas + pelem) * n_eff
+
+    # a block of directions shares one primal and reverse pass (the gradient's work);
+    # each direction adds the rest of one HVP's work
+    (g_secs, g_work), (h_secs, h_work) = cost(gprog), cost(hprog)
+    t_secs, t_work = max(h_secs - g_secs, 0.0), max(h_work - g_work, 0.0)
+
+    def sweeps_cost(k):
+        calls = -(-k // fn.HVP_BLOCK) if k > 1 else 1
+        return (calls * (g_secs + MOVE_SECONDS) + k * t_secs, calls * g_work + k * t_work)
+
     per = n_eff if fn.reduce is None and fn.data else 1
-    options = [HessianOption("dense", size, size * work, 8 * per * size * size + 8 * size * size,
-                             size * (one + MOVE_SECONDS))]
+    secs, work = sweeps_cost(size)
+    options = [HessianOption("dense", size, work, 8 * per * size * size + 8 * size * size, secs)]
     if colour is not None:
         k = int(colour.max()) + 1
         recover = 2e-9 * per * pattern.nnz
         mem = 8 * per * (size * k + pattern.nnz) + 12 * pattern.nnz
-        options.append(HessianOption("coloured", k, k * work, mem,
-                                     k * (one + MOVE_SECONDS) + recover))
+        secs, work = sweeps_cost(k)
+        options.append(HessianOption("coloured", k, work, mem, secs + recover))
     choice = min(options, key=lambda o: o.seconds).name
     return HessianPlan(size, pattern, colour, tuple(options), choice,
                        n_eff if fn.data else None)
