@@ -594,8 +594,11 @@ class CompiledFunction:
                                              first.colour if first is not None else None)
         return self._second[key]
 
-    #: At most this many Hessian-vector products per call of the ``hvp_block`` kernel.
-    HVP_BLOCK = 8
+    #: Hessian-vector products per kernel call in :meth:`hessian`: 1 uses the ``hvp``
+    #: kernel; k > 1 an ``hvp_block`` kernel of k directions sharing one primal and one
+    #: reverse pass (faster per Hessian, but its compile time grows with k: see
+    #: :mod:`gradc.hessian`).
+    HVP_BLOCK = 1
 
     def _hvp_block(self, k):
         """The ``hvp_block`` kernel for k directions per call: one module of its own,

@@ -450,3 +450,21 @@ def test_jacobian_with_respect_to_matrix_parameters(rng):
     mean = gradc.compile(nn.tanh(W * xm + b), wrt=[W, b], data=[xm], jit=False)
     with pytest.raises(gradc.GradcError, match="reduce=None"):
         mean.jacobian(params, X)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_hvp_blocks_give_the_same_hessian(width, rng, monkeypatch):
+    """Blocks of directions (one shared primal and reverse pass) against one HVP per
+    direction, for scalar and matrix parameters; the last block is padded."""
+    expr, wrt, data, consts, params, args = _case("logistic_net", rng)
+    fn = gradc.compile(expr, wrt, data, consts, jit=False)
+    loss, mwrt, mdata = _mlp(hidden=2, inputs=3)
+    fm = gradc.compile(loss, mwrt, mdata, jit=False)
+    mparams = [rng.normal(size=s.shape) for s in mwrt]
+    margs = (rng.normal(size=(6, 3)), rng.integers(0, 3, 6).astype(float))
+    want = fn.hessian(params, *args, method="dense"), fm.hessian(mparams, *margs)
+    monkeypatch.setattr(gradc.CompiledFunction, "HVP_BLOCK", width)
+    got = fn.hessian(params, *args, method="dense"), fm.hessian(mparams, *margs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
+    assert ("block", width) in fn._second and ("block", width) in fm._second
