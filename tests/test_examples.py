@@ -99,3 +99,65 @@ def test_locally_connected(tmp_path):
     assert conv["hidden_params"] < lc["hidden_params"] < fc["hidden_params"]
     for name, r in res.items():
         assert r["test_accuracy"] >= 0.85, name
+
+
+def test_newton(tmp_path):
+    r = run("newton", tmp_path)
+    for problem in ("network", "chain"):
+        trust, lbfgs = r[problem]["trust-ncg"], r[problem]["L-BFGS-B"]
+        # both converge: the gradient is tiny (the tolerance is 1e-8)
+        assert trust["grad_norm"] < 1e-7 and lbfgs["grad_norm"] < 1e-6, problem
+        assert trust["success"], (problem, trust["message"])
+        # Newton's method with exact Hessian-vector products needs fewer iterations
+        assert trust["iterations"] < lbfgs["iterations"], problem
+        # obj.calls counted the optimisers' own kernels: HVPs only for trust-ncg
+        assert trust["calls"]["hvp"] > 0 and lbfgs["calls"]["hvp"] == 0, problem
+        assert lbfgs["calls"]["value_and_grad"] == lbfgs["nfev"], problem
+    # the network: trust-ncg reaches the lower loss, several times fewer iterations
+    net = r["network"]
+    assert net["trust-ncg"]["loss"] < 1e-7
+    assert net["trust-ncg"]["loss"] < net["L-BFGS-B"]["loss"]
+    assert 3 * net["trust-ncg"]["iterations"] < net["L-BFGS-B"]["iterations"]
+    eig = np.array(r["network_hessian_eigenvalues"]["trust-ncg"])
+    assert eig.min() > 0  # a minimum
+    # the chain: the solution x = 1, a tridiagonal Hessian from 3 colours, positive definite
+    for method in ("trust-ncg", "L-BFGS-B"):
+        assert r["chain"][method]["loss"] < 1e-12, method
+    assert r["chain_colours"] == 3 and r["chain_hessian_nnz"] == 3 * 1000 - 2
+    assert r["chain_hessian_error"] < 1e-9 and r["chain_lowest_eigenvalue"] > 0
+
+
+def test_saddle_points(tmp_path):
+    r = run("saddle_points", tmp_path)
+    network = load("saddle_points").network  # the model in numpy
+    points = r["critical_points"]
+    kinds = [p["kind"] for p in points]
+    assert kinds.count("saddle") >= 1 and kinds.count("minimum") >= 1
+    assert r["counts"]["degenerate"] == 0
+    x, y = (np.array(a) for a in r["data"])
+
+    def loss(v):  # the surface in numpy, independent of gradc
+        return float(np.mean((network(v, x) - y) ** 2))
+
+    h = 1e-4
+    for p in points:
+        v = np.array(p["point"])
+        assert p["grad_norm"] < 1e-10
+        assert loss(v) == pytest.approx(p["loss"], rel=1e-12)
+        # the Hessian by second differences of the loss (not of gradc's gradient)
+        fd = np.empty((2, 2))
+        for i in range(2):
+            for j in range(2):
+                ei, ej = h * np.eye(2)[i], h * np.eye(2)[j]
+                fd[i, j] = (loss(v + ei + ej) - loss(v + ei - ej) - loss(v - ei + ej)
+                            + loss(v - ei - ej)) / (4 * h * h)
+        np.testing.assert_allclose(p["hessian"], fd, atol=1e-5)
+        eig = np.linalg.eigvalsh(fd)
+        want = ("minimum" if eig.min() > 0 else "maximum" if eig.max() < 0 else "saddle")
+        assert p["kind"] == want, (p["point"], eig)
+    # the saddle lies on the diagonal v1 = v2, between minima that mirror each other
+    saddle = next(p for p in points if p["kind"] == "saddle")
+    assert saddle["point"][0] == pytest.approx(saddle["point"][1], abs=1e-8)
+    mins = sorted(tuple(p["point"]) for p in points if p["kind"] == "minimum")
+    assert len(mins) == 2
+    np.testing.assert_allclose(mins[0], mins[1][::-1], atol=1e-8)
