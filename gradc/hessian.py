@@ -250,8 +250,11 @@ def hessian(fn, params, args, sparse=False, method="auto"):
                     hv = out[2 + c]
                     products[..., start + c, :] = hv if fn.scalar_params else \
                         fn.pack(fn._result(hv), False)
-    values = rec.values(products)
     pattern = plan.pattern
+    if method == "dense" and not per_example and sparse is not True and (
+            sparse is False or pattern.nnz > size * size // 4):
+        return _dense_from_columns(products, pattern)
+    values = rec.values(products)
     if per_example:
         out = np.zeros((n, size, size))
         rows = np.repeat(np.arange(size), np.diff(pattern.indptr))
@@ -278,6 +281,17 @@ def sweeps(fn, plan, method):
     tangents = [fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c])), "tangent")
                 for c in range(seeds.shape[1])]
     return rec, tangents
+
+
+def _dense_from_columns(products, pattern):
+    """The dense Hessian from its columns ``products[c] = H e_c``, without going through
+    the csr pattern: the upper triangle mirrored (exactly symmetric), structural zeros set
+    to 0 (a NaN from ``0 * inf`` cannot appear where the pattern says no path exists)."""
+    h = np.triu(products.T)
+    h += np.triu(h, 1).T
+    if pattern.nnz < h.size:
+        h[~pattern.toarray()] = 0.0
+    return h
 
 
 def _block_seeds(fn, tangents, start, width):
