@@ -563,6 +563,28 @@ class CompiledFunction:
             self._second["pattern"] = hessian_pattern(self._value_program())
         return self._second["pattern"].copy()
 
+    def _coloured_jacobian_wins(self, args):
+        """``mode="auto"``: whether coloured JVP sweeps are predicted faster than the
+        planned chain accumulation (always, for matrix parameters, which the chain
+        planner does not take).  Functions with data and a reduction keep the chain
+        planner: their Jacobians are per example whatever the reduction."""
+        from .hessian import jvp_sweep_seconds
+        from .planner.calibrate import MOVE_SECONDS
+
+        if any(_shape(s) not in ((), (1, 1)) and 1 not in _shape(s) for s in self.wrt):
+            return True
+        if self.data and self.reduce is not None:
+            return False
+        n = int(np.shape(args[0])[0]) if self.data and args else 1
+        try:
+            planned = self.plan.seconds[self.plan.auto]
+        except GradcError:
+            return True
+        # the chain planner runs once per example, from Python
+        planned = n * (planned + (MOVE_SECONDS if self.data else 0.0))
+        k = self._jacobian_colouring().ncolours
+        return k * jvp_sweep_seconds(self, n) < planned
+
     def _jacobian_colouring(self):
         """The column colouring of the Jacobian pattern and its recovery (computed once)."""
         from .colouring import ColumnRecovery, column_colouring
@@ -774,8 +796,7 @@ class CompiledFunction:
             raise GradcError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
         if sparse not in (False, True):
             raise GradcError(f"sparse must be True or False, got {sparse!r}")
-        if sparse or mode == "coloured" or (mode == "auto" and not self.scalar_params
-                                            and any(_shape(s) for s in self.wrt)):
+        if sparse or mode == "coloured" or (mode == "auto" and self._coloured_jacobian_wins(args)):
             from .hessian import coloured_jacobian
 
             return coloured_jacobian(self, params, args, sparse)

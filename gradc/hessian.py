@@ -318,6 +318,20 @@ def star_recovery(plan):
     return _symmetric_reads(StarRecovery(plan.pattern, plan.colour))
 
 
+def jvp_sweep_seconds(fn, n=1):
+    """Predicted seconds of one JVP sweep of ``fn`` over a batch of ``n`` (one kernel call)."""
+    from .ad import jvp_program
+    from .planner.calibrate import MOVE_SECONDS, rates
+
+    if "jvp" not in fn._second:
+        fn._second["jvp"] = jvp_program(fn._value_program())
+    blas, elem, (pblas, pelem) = sweep_work(fn._second["jvp"])
+    rate = rates()
+    n = n if fn.data else 1
+    return (blas + pblas * n) / rate["blas"] + (elem + pelem * n) / rate["elementwise"] \
+        + MOVE_SECONDS
+
+
 def coloured_jacobian(fn, params, args, sparse=False):
     """The Jacobian of ``fn``'s flattened output by coloured JVPs (see the module
     docstring): a csr matrix with ``sparse``, else dense ``(outputs, P)``, or ``(n,

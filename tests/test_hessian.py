@@ -423,6 +423,9 @@ def test_sparse_jacobian_of_an_elementwise_map():
     J = fn.jacobian([x0], sparse=True)
     assert sps.issparse(J) and J.nnz == 50
     assert fn._jacobian_colouring().ncolours == 1  # one JVP for the whole diagonal
+    assert fn._coloured_jacobian_wins(())  # so mode="auto" colours too
+    np.testing.assert_array_equal(fn.jacobian([x0]), J.toarray())
+    np.testing.assert_allclose(fn.jacobian([x0], mode="forward"), J.toarray(), rtol=1e-14)
     np.testing.assert_allclose(J.diagonal(), 2 * x0[:, 0] + 1 - np.tanh(x0[:, 0]) ** 2,
                                rtol=1e-14)
 
