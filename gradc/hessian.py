@@ -18,7 +18,7 @@ so; that kernel holds k copies of the tangent code, so its compile time grows wi
 block of 2, 10.8 s for 8) while it saves 20-30% of the run time there: it pays only for
 many Hessians of one function.  Printing the plan prints that table.
 
-:func:`hessian` evaluates it: the HVP kernel (``fn.kernels.value_grad_hvp``) is called once
+:func:`hessian` evaluates it: the HVP kernel (``fn.kernels.hvp``) is called once
 per sweep, and the Hessian read from the products.  Dense and coloured give the same
 numbers up to rounding; the result is exactly symmetric (each pair is read once and
 mirrored) and has exact zeros wherever the pattern does.  With ``reduce=None`` the result
@@ -218,7 +218,7 @@ def hessian(fn, params, args, sparse=False, method="auto"):
         raise GradcError(f"sparse must be True, False or 'auto', got {sparse!r}")
     if method not in ("auto", "dense", "coloured"):
         raise GradcError(f"method must be 'auto', 'dense' or 'coloured', got {method!r}")
-    kernel = fn._kernel("value_grad_hvp")
+    kernel = fn._kernel("hvp")
     p = fn._params(params, "params")
     vals = fn._args(args)
     n = vals[0].shape[0] if fn.data else 1
@@ -239,7 +239,7 @@ def hessian(fn, params, args, sparse=False, method="auto"):
     with np.errstate(all="ignore"):
         if width <= 1:  # the HVP kernel, once per direction
             for c, t in enumerate(tangents):
-                hv = kernel(p, t, *vals)[2]
+                hv = kernel(p, t, *vals)
                 products[..., c, :] = hv if fn.scalar_params else fn.pack(fn._result(hv), False)
         else:  # blocks of directions sharing one primal and one reverse pass
             block = fn._hvp_block(width)

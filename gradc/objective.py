@@ -9,7 +9,7 @@ flattened by :meth:`gradc.CompiledFunction.pack`: ``wrt`` in order, matrices row
 ``fun``, ``jac``, ``value_and_grad`` (for ``jac=True``), ``hessp`` and ``hess`` (a
 ``scipy.sparse.csr_matrix`` when the Hessian plan colours the pattern, else a dense array).
 It remembers the last point: ``fun`` then ``jac`` at the same ``x`` runs one
-value-and-gradient kernel, and ``hessp`` there reuses nothing but is one HVP.
+value-and-gradient kernel; ``hessp`` is one call of the ``hvp`` kernel.
 ``calls`` counts the kernel calls by kind.
 """
 
@@ -101,13 +101,11 @@ class Objective:
         """The Hessian at ``x`` times the vector ``p`` (one HVP kernel call)."""
         x = self._point(x)
         p = self._point(p, "p")
-        kernel = self.fn._kernel("value_grad_hvp")
+        kernel = self.fn._kernel("hvp")
         t = self.fn._params(self.fn.unpack(p, _checked=False), "p")
         with np.errstate(all="ignore"):
-            value, g, hv = kernel(self._params(x), t, *self._vals)
+            hv = kernel(self._params(x), t, *self._vals)
         self.calls["hvp"] += 1
-        self._value, self._x = float(value), x.copy()
-        self._grad = self.fn.pack(self.fn._result(g), _checked=False).copy()
         return self.fn.pack(self.fn._result(hv), _checked=False).copy()
 
     def hess(self, x):
