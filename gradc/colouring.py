@@ -11,7 +11,8 @@ directly (:class:`StarRecovery`): with ``B = H @ seed``, ``H[i, j]`` is ``B[i, c
 when ``i`` has no other neighbour of ``j``'s colour, else ``B[j, colour[i]]`` (a star
 colouring makes one of the two unambiguous).  :func:`column_colouring` gives the colouring for a Jacobian (no
 two columns sharing a row get one colour; one JVP per colour), with
-:class:`ColumnRecovery`.
+:class:`ColumnRecovery`; the same colouring of the transposed pattern colours rows (one
+VJP per colour), with :class:`RowRecovery`.
 
 :func:`is_star_colouring` is the independent check the tests use: a colouring is a star
 colouring exactly when it is proper and no edge ``(u, v)`` has two neighbours of ``v``'s
@@ -194,3 +195,18 @@ class StarRecovery(_Reads):
             if count.get(i * self.ncolours + int(self.colour[j]), 0) > 1:
                 read_r[k], read_c[k] = j, self.colour[i]
         self.set_reads(read_r, read_c)
+
+
+class RowRecovery(_Reads):
+    """Where each nonzero of a Jacobian is read from its products with the seed matrix of
+    a colouring of its rows (no two rows sharing a column get one colour; one VJP per
+    colour): ``J[i, j] = B[colour[i], j]`` with ``B[c]`` the sum of the rows of colour c."""
+
+    def __init__(self, pattern, colour):
+        m = pattern.tocsr()
+        m.sort_indices()
+        self.pattern = m
+        self.colour = np.asarray(colour)
+        self.ncolours = int(self.colour.max()) + 1 if self.colour.size else 0
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        self.set_reads(m.indices.copy(), self.colour[rows])

@@ -116,8 +116,9 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
 
 def kernel_specs(prog, reduce, packed):
     """The kernels of a compiled function, as :class:`gradc.codegen.emit.KernelSpec`
-    values: ``value`` and ``jvp`` always; ``value_and_grad`` and ``grad`` for a scalar
-    output (not for per-example gradients of matrix parameters)."""
+    values: ``value`` and ``jvp`` always; ``value_and_grad``, ``grad``,
+    ``value_grad_hvp`` and ``hvp`` for a scalar output (not for per-example gradients of
+    matrix parameters); ``vjp`` for a vector or matrix output without data."""
     per_example = reduce is None and any(i.role == "data" for i in prog.inputs)
     per = " per example" if per_example else ""
     specs = [KernelSpec("value", prog, (("scalar", tuple(prog.outputs)),), f"The value{per}.")]
@@ -140,6 +141,14 @@ def kernel_specs(prog, reduce, packed):
         specs.append(KernelSpec("hvp", only, ((kind, only.outputs),),
                                 f"The Hessian-vector product along tangent{per}, by forward "
                                 "over reverse mode."))
+    out = prog.outputs[0]
+    if getattr(out, "shape", ()) and not out.batched:  # a vector output: rows by reverse mode
+        vjp = vjp_program(prog, seed="input")
+        specs.append(KernelSpec(
+            "vjp", vjp, (("scalar", vjp.outputs[:1]), ("array" if packed else "tuple",
+                                                         vjp.outputs[1:])),
+            "(value, cotangent-Jacobian product), by reverse mode; the cotangent is a tuple "
+            "holding one array of the output's shape."))
     jvp = jvp_program(prog)
     specs.append(KernelSpec(
         "jvp", jvp, (("scalar", jvp.outputs[:1]), ("scalar", jvp.outputs[1:])),
@@ -604,15 +613,19 @@ class CompiledFunction:
         k = self._jacobian_colouring().ncolours
         return k * jvp_sweep_seconds(self, n) < planned
 
-    def _jacobian_colouring(self):
-        """The column colouring of the Jacobian pattern and its recovery (computed once)."""
-        from .colouring import ColumnRecovery, column_colouring
+    def _jacobian_colouring(self, how="columns"):
+        """The column (JVP) or row (VJP) colouring of the Jacobian pattern and its
+        recovery (computed once)."""
+        from .colouring import ColumnRecovery, RowRecovery, column_colouring
 
-        if "jcolour" not in self._second:
+        key = ("jcolour", how)
+        if key not in self._second:
             pattern = self.jacobian_sparsity()
-            colour = column_colouring(pattern)
-            self._second["jcolour"] = ColumnRecovery(pattern, colour)
-        return self._second["jcolour"]
+            if how == "columns":
+                self._second[key] = ColumnRecovery(pattern, column_colouring(pattern))
+            else:
+                self._second[key] = RowRecovery(pattern, column_colouring(pattern.T.tocsr()))
+        return self._second[key]
 
     def jacobian_sparsity(self):
         """The exact structural pattern of the Jacobian of the flattened output with

@@ -26,7 +26,9 @@ is one dense Hessian per example, ``(n, P, P)``.
 
 :func:`coloured_jacobian` computes a Jacobian with one JVP (``fn.kernels.jvp``) per colour
 of a column colouring of its exact pattern (:func:`gradc.sparsity.jacobian_pattern`):
-columns that share no row share a sweep.
+columns that share no row share a sweep; or, for functions without data, with one VJP
+(``fn.kernels.vjp``) per colour of a row colouring, whichever :func:`jacobian_sweeps`
+predicts faster (a function of many inputs and few outputs needs few row colours).
 
 P counts the flattened parameters: ``wrt`` in order, matrices row-major (the layout of
 :meth:`gradc.CompiledFunction.pack`).
@@ -332,6 +334,25 @@ def jvp_sweep_seconds(fn, n=1):
         + MOVE_SECONDS
 
 
+def jacobian_sweeps(fn):
+    """``"columns"`` (one JVP per colour of the columns) or ``"rows"`` (one VJP per colour
+    of the rows, for functions with a ``vjp`` kernel): whichever is predicted faster."""
+    from .planner.calibrate import MOVE_SECONDS, rates
+
+    if getattr(fn.kernels, "vjp", None) is None:
+        return "columns"
+    if "vjp_prog" not in fn._second:
+        from .ad import vjp_program
+
+        fn._second["vjp_prog"] = vjp_program(fn._value_program(), seed="input")
+    blas, elem, _ = sweep_work(fn._second["vjp_prog"])
+    rate = rates()
+    vjp_secs = blas / rate["blas"] + elem / rate["elementwise"] + MOVE_SECONDS
+    cols = fn._jacobian_colouring("columns").ncolours * jvp_sweep_seconds(fn)
+    rows = fn._jacobian_colouring("rows").ncolours * vjp_secs
+    return "rows" if rows < cols else "columns"
+
+
 def coloured_jacobian(fn, params, args, sparse=False):
     """The Jacobian of ``fn``'s flattened output by coloured JVPs (see the module
     docstring): a csr matrix with ``sparse``, else dense ``(outputs, P)``, or ``(n,
@@ -342,21 +363,29 @@ def coloured_jacobian(fn, params, args, sparse=False):
     if sparse and fn.data:
         raise GradcError("per-example Jacobians come back dense, (n, outputs, P): use "
                          "sparse=False")
-    rec = fn._jacobian_colouring()
+    how = jacobian_sweeps(fn)
+    rec = fn._jacobian_colouring(how)
     p = fn._params(params, "params")
     vals = fn._args(args)
     n = vals[0].shape[0] if fn.data else 1
     k = rec.ncolours
-    m = rec.pattern.shape[0]
-    seeds = seed_matrix(rec.colour, k) if k else np.zeros((fn.size, 0))
-    products = np.empty((n, k, m) if fn.data else (k, m))
+    pattern = rec.pattern
+    m = pattern.shape[0]
+    width = m if how == "columns" else fn.size  # the length of one product
+    seeds = seed_matrix(rec.colour, k) if k else np.zeros((rec.colour.size, 0))
+    products = np.empty((n, k, width) if fn.data else (k, width))
     with np.errstate(all="ignore"):
         for c in range(k):
-            t = fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c])), "tangent")
-            dot = np.asarray(fn.kernels.jvp(p, t, *vals)[1], dtype=np.float64)
-            products[..., c, :] = dot.reshape(n, m) if fn.data else dot.reshape(m)
+            seed = np.ascontiguousarray(seeds[:, c])
+            if how == "columns":
+                t = fn._params(fn.unpack(seed), "tangent")
+                dot = np.asarray(fn.kernels.jvp(p, t, *vals)[1], dtype=np.float64)
+                products[..., c, :] = dot.reshape(n, m) if fn.data else dot.reshape(m)
+            else:
+                ct = (seed.reshape(fn.output_shape),)
+                g = fn.kernels.vjp(p, ct, *vals)[1]
+                products[c, :] = fn.pack(fn._result(g), _checked=False)
     values = rec.values(products)
-    pattern = rec.pattern
     if fn.data:
         out = np.zeros((n, m, fn.size))
         rows = np.repeat(np.arange(m), np.diff(pattern.indptr))

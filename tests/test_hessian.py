@@ -471,3 +471,33 @@ def test_hvp_blocks_give_the_same_hessian(width, rng, monkeypatch):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
     assert ("block", width) in fn._second and ("block", width) in fm._second
+
+
+def test_row_colouring_by_vjps_for_wide_jacobians(rng):
+    """Few outputs of many inputs: one VJP per row colour beats one JVP per column."""
+    from gradc.hessian import jacobian_sweeps
+
+    xm = sp.MatrixSymbol("x", 12, 1)
+    A = sp.MatrixSymbol("A", 2, 12)
+    fn = gradc.compile(nn.tanh(A * xm), wrt=[xm], consts=[A], jit=False)
+    assert hasattr(fn.kernels, "vjp")
+    assert jacobian_sweeps(fn) == "rows"
+    assert fn._jacobian_colouring("rows").ncolours == 2
+    assert fn._jacobian_colouring("columns").ncolours == 12
+    Av, x0 = rng.normal(size=(2, 12)), [rng.normal(size=(12, 1))]
+    np.testing.assert_allclose(fn.jacobian(x0, Av, mode="coloured"),
+                               fn.jacobian(x0, Av, mode="forward"), rtol=1e-13, atol=1e-15)
+
+
+def test_row_recovery_of_a_random_sparse_matrix():
+    from gradc.colouring import RowRecovery
+
+    m = sps.random(20, 30, density=0.15, random_state=5, format="csr")
+    pat = m.astype(bool)
+    colour = column_colouring(pat.T.tocsr())
+    seed = np.zeros((20, colour.max() + 1))
+    seed[np.arange(20), colour] = 1
+    rec = RowRecovery(pat, colour)
+    got = sps.csr_matrix((rec.values(seed.T @ m.toarray()), rec.pattern.indices,
+                          rec.pattern.indptr), shape=m.shape)
+    np.testing.assert_allclose(got.toarray(), m.toarray(), rtol=1e-14)
