@@ -145,14 +145,19 @@ def test_large_loop_bodies_are_split_into_segments(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
-def test_eager_compiles_every_kernel_wrappers_included(tmp_path, monkeypatch):
+def test_eager_compiles_the_first_order_kernels_wrappers_included(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path))
     a, t = sp.symbols("a t")
     fn = gradc.compile(a * sp.exp(-a * t) + a ** 2, wrt=[a], data=[t], eager=True)
     names = list(fn.manifest["kernels"])
-    assert {"value", "value_and_grad", "grad", "jvp"} <= set(names)
-    for name in names:  # each dispatcher holds a compiled signature before any call
-        assert getattr(fn.kernels, name).signatures, name
+    assert {"value", "value_and_grad", "grad", "jvp", "hvp", "value_grad_hvp"} <= set(names)
+    for name in names:  # each first-order dispatcher holds a signature before any call
+        compiled = bool(getattr(fn.kernels, name).signatures)
+        assert compiled == (name in gradc.CompiledFunction.FIRST_ORDER), name
+    fn.warmup(["hvp"])  # second order on request
+    assert fn.kernels.hvp.signatures and not fn.kernels.value_grad_hvp.signatures
+    with pytest.raises(gradc.GradcError, match="no kernel 'hessian'"):
+        fn.warmup(["hessian"])
     lazy = gradc.compile(a * sp.exp(-a * t) + a ** 3, wrt=[a], data=[t])
     assert not lazy.kernels.value.signatures
     T = np.linspace(0.0, 1.0, 5)
