@@ -62,9 +62,10 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         without (sums over the batch are added in a fixed order).
     eager : bool or "all"
         Compile the first-order kernels now (:meth:`CompiledFunction.warmup`; ``"all"``:
-        the second-order ones too) instead of each on its first call.  Lazy is the default because the first call then waits for one
-        kernel only; the kernels share their compiled maths and runtime helpers, so each
-        further one takes a fraction of a second.
+        the second-order ones too) instead of each on its first call.  Lazy is the
+        default because the first call then waits for one kernel only; the kernels share
+        their compiled maths and runtime helpers, so each further one takes a fraction of
+        a second.
 
     Returns
     -------
@@ -420,16 +421,44 @@ class CompiledFunction:
             return tuple(self._result(o) for o in out)
         return _plain(out) if not isinstance(out, tuple) else out
 
-    def _result(self, o):
-        if isinstance(o, tuple):  # gradients of matrix params: a list in wrt order
-            return [self._grad_entry(s, g) for s, g in zip(self.wrt, o)]
+    def _result(self, o, like=None):
+        """A kernel's gradient-like output as the methods return it: a list in wrt order
+        for matrix params, each entry shaped like the value passed for it when ``like``
+        (from :meth:`_passed_shapes`) says so."""
+        if isinstance(o, (tuple, list)):  # gradients of matrix params: a list in wrt order
+            like = like or (None,) * len(self.wrt)
+            return [self._grad_entry(s, g, k) for s, g, k in zip(self.wrt, o, like)]
         return _plain(o)
 
-    def _grad_entry(self, sym, g):
+    def _grad_entry(self, sym, g, like=None):
         shape = self._shapes[sym]
         if shape and np.ndim(g) == 0:
-            return np.full(shape, float(g))
+            g = np.full(shape, float(g))
+        if like is not None and like != np.shape(g):  # same size: _value checked it
+            return float(np.reshape(g, ())) if like == () else np.reshape(g, like)
         return _plain(g)
+
+    def _passed_shapes(self, values):
+        """Per wrt symbol, the shape of the value this call passed for it where that
+        differs from the symbol's own shape (a flat ``(8,)`` array for an ``(8, 1)`` or
+        ``(1, 8)`` vector), else None; None overall when nothing differs.  The kernels
+        take the symbol's shape; the gradient goes back in the caller's.  Computed from
+        each call's own params (nothing stored on the object: calls from several threads
+        with differently shaped params do not interfere)."""
+        if self.scalar_params:
+            return None
+        if isinstance(values, dict):
+            values = [values.get(s) for s in self.wrt]
+        out, differ = [], False
+        for s, v in zip(self.wrt, values):
+            shape = v.shape if isinstance(v, np.ndarray) else np.shape(v) if v is not None \
+                else self._shapes[s]
+            if shape == self._shapes[s] or not self._shapes[s]:
+                out.append(None)
+            else:
+                out.append(tuple(shape))
+                differ = True
+        return tuple(out) if differ else None
 
     def _kernel(self, name):
         kernel = getattr(self.kernels, name, None)
@@ -452,13 +481,15 @@ class CompiledFunction:
     def grad(self, params, *args):
         """The gradient with respect to ``wrt`` (a vector, or a list for matrix params)."""
         out = self._call(self._kernel("grad"), self._params(params, "params"), *self._args(args))
-        return out if self.scalar_params else self._result(out)
+        return out if self.scalar_params else self._result(out, self._passed_shapes(params))
 
     def value_and_grad(self, params, *args):
         """``(value, gradient)`` in one pass (reverse mode)."""
-        return self._call(
+        out = self._call(
             self._kernel("value_and_grad"), self._params(params, "params"), *self._args(args)
         )
+        like = self._passed_shapes(params)
+        return out if like is None else (out[0], self._result(out[1], like))
 
     def jvp(self, params, tangent, *args):
         """``(value, directional derivative along tangent)`` by forward mode."""
@@ -485,7 +516,7 @@ class CompiledFunction:
         t = self._params(tangent, "tangent")
         with np.errstate(all="ignore"):
             hv = kernel(p, t, *self._args(args))
-        return self._result(hv)
+        return self._result(hv, self._passed_shapes(params))
 
     def value_grad_hvp(self, params, tangent, *args):
         """``(value, gradient, Hessian-vector product along tangent)`` in one pass."""
@@ -494,7 +525,8 @@ class CompiledFunction:
         t = self._params(tangent, "tangent")
         with np.errstate(all="ignore"):
             value, g, hv = kernel(p, t, *self._args(args))
-        return _plain(value), self._result(g), self._result(hv)
+        like = self._passed_shapes(params)
+        return _plain(value), self._result(g, like), self._result(hv, like)
 
     # -- flat parameter vectors and second derivatives ---------------------------------------
     @property

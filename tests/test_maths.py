@@ -220,3 +220,161 @@ def test_max_min_ties_share_the_derivative():
     np.testing.assert_array_equal(mn.grad([1.0, 1.0]), [0.5, 0.5])
     same = gradc.compile(sp.Min(q, sp.Abs(q)), wrt=[q], jit=False)  # equal to q
     assert same.grad([0.7])[0] == 1.0 and same.grad([-0.7])[0] == 1.0
+
+
+# --------------------------------------------------------------------------------------
+# Powers and logarithms at the edge of their domain (docs/conventions.md)
+
+
+def test_pow_by_its_exponent_is_zero_at_a_zero_base():
+    # d/dt x**t = x**t log(x) is 0 * (-inf) at x = 0; the limit (and the derivative for
+    # t > 0) is 0.  Reverse, forward, per example, HVP and value_grad_hvp all agree.
+    t = sp.Symbol("t")
+    X = np.array([0.0, 0.5, 2.0])
+    fn = gradc.compile(x**t, wrt=[t], data=[x], jit=False)
+    for at in (2.0, 0.5):
+        want = np.mean(X[1:] ** at * np.log(X[1:])) * 2 / 3  # the x = 0 example adds 0
+        want2 = np.mean(X[1:] ** at * np.log(X[1:]) ** 2) * 2 / 3
+        np.testing.assert_allclose(fn.grad([at], X), [want], rtol=1e-12)
+        np.testing.assert_allclose(fn.jvp([at], [1.0], X)[1], want, rtol=1e-12)
+        np.testing.assert_allclose(fn.hvp([at], [1.0], X), [want2], rtol=1e-12)
+        _, g, hv = fn.value_grad_hvp([at], [1.0], X)
+        np.testing.assert_allclose([g[0], hv[0]], [want, want2], rtol=1e-12)
+    per = gradc.compile(x**t, wrt=[t], data=[x], reduce=None, jit=False)
+    values, grads = per.value_and_grad([2.0], X)
+    assert values[0] == 0.0 and grads[0, 0] == 0.0
+    assert per.jvp([2.0], [1.0], X)[1][0] == 0.0
+    # a base that is an expression, and the base a parameter too
+    w = sp.Symbol("w")
+    both = gradc.compile((w * x) ** t, wrt=[w, t], data=[x], jit=False)
+    np.testing.assert_array_equal(both.grad([1.5, 2.0], np.array([0.0])), [0.0, 0.0])
+    np.testing.assert_array_equal(both.hvp([1.5, 2.0], [1.0, 1.0], np.array([0.0])),
+                                  [0.0, 0.0])
+    np.testing.assert_array_equal(both.hessian([1.5, 2.0], np.array([0.0])), np.zeros((2, 2)))
+    # inside another function: the chain rule meets 0, not NaN
+    inner = gradc.compile(sp.exp(-x**t) * t, wrt=[t], data=[x], jit=False)
+    assert np.isfinite(inner.grad([2.0], X)).all() and np.isfinite(inner.hvp([2.0], [1.0], X)).all()
+
+
+def test_pow_by_its_exponent_at_a_zero_base_jit():
+    # the chunked (vectorised) kernels and the scalar ones print the same rule
+    t = sp.Symbol("t")
+    X = np.concatenate([np.zeros(300), np.linspace(0.1, 3.0, 700)])
+    fn = gradc.compile(x**t + sp.tanh(t * x), wrt=[t], data=[x], jit=True)
+    ref = gradc.compile(x**t + sp.tanh(t * x), wrt=[t], data=[x], jit=False)
+    pos = X[X > 0]
+    want = (np.sum(pos**1.5 * np.log(pos)) + np.sum(X / np.cosh(1.5 * X) ** 2)) / X.size
+    g = fn.grad([1.5], X)
+    np.testing.assert_allclose(g, [want], rtol=1e-12)
+    np.testing.assert_allclose(fn.jvp([1.5], [1.0], X)[1], want, rtol=1e-12)
+    hv = fn.hvp([1.5], [1.0], X)
+    assert np.isfinite(hv).all()
+    np.testing.assert_allclose(hv, ref.hvp([1.5], [1.0], X), rtol=1e-12)
+    np.testing.assert_allclose(g, ref.grad([1.5], X), rtol=1e-12)
+
+
+BOUNDARY = [
+    # (expression in t, point, value, first derivative, second derivative)
+    ("t**2", 0.0, 0.0, 0.0, 2.0),
+    ("t**2.5", 0.0, 0.0, 0.0, 0.0),
+    ("t**1.5", 0.0, 0.0, 0.0, np.inf),
+    ("sqrt(t)", 0.0, 0.0, np.inf, -np.inf),
+    ("sqrt(t)", -1.0, np.nan, np.nan, np.nan),
+    ("1/t", 0.0, np.inf, -np.inf, np.inf),
+    ("log(t)", 0.0, -np.inf, np.inf, -np.inf),
+    ("log(t)", -1.0, np.nan, -1.0, -1.0),
+    ("t**t", 0.0, 1.0, -np.inf, np.inf),
+    ("sqrt(t**2)", 0.0, 0.0, np.nan, np.nan),  # inf * 0 in the chain rule: documented
+    ("Abs(t)", 0.0, 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("text, at, value, first, second", BOUNDARY)
+def test_boundary_table(text, at, value, first, second):
+    t = sp.Symbol("t")
+    fn = gradc.compile(sp.sympify(text, locals={"t": t}), wrt=[t], jit=False)
+    v, g = fn.value_and_grad([at])
+    _, slope = fn.jvp([at], [1.0])
+    h = fn.hvp([at], [1.0])
+    np.testing.assert_array_equal([v, g[0], slope, h[0]], [value, first, first, second])
+
+
+@pytest.mark.parametrize("exponent, value, first, second", [
+    (2.0, 0.0, 0.0, 2.0), (3.0, 0.0, 0.0, 0.0), (1.0, 0.0, 1.0, 0.0),
+    (0.5, 0.0, np.inf, -np.inf), (0.0, 1.0, 0.0, 0.0), (-1.0, np.inf, -np.inf, np.inf),
+])
+def test_boundary_symbolic_exponent_by_the_base(exponent, value, first, second):
+    # d/dt t**p = p t**(p-1): 0 at p = 0 (t**0 is the constant 1), not 0 * inf
+    t, p = sp.symbols("t p")
+    fn = gradc.compile(t**p, wrt=[t], consts=[p], jit=False)
+    v, g = fn.value_and_grad([0.0], exponent)
+    _, slope = fn.jvp([0.0], [1.0], exponent)
+    h = fn.hvp([0.0], [1.0], exponent)
+    np.testing.assert_array_equal([v, g[0], slope, h[0]], [value, first, first, second])
+
+
+@pytest.mark.parametrize("base, value, first, second", [
+    (2.0, 0.0, 0.0, 0.0), (0.5, 0.0, 0.0, 0.0),
+    (0.0, 1.0, -np.inf, np.inf), (-1.0, np.inf, -np.inf, np.inf),
+])
+def test_boundary_symbolic_exponent_by_the_exponent(base, value, first, second):
+    t = sp.Symbol("t")
+    fn = gradc.compile(x**t, wrt=[t], data=[x], jit=False)
+    X = np.array([0.0])
+    v, g = fn.value_and_grad([base], X)
+    _, slope = fn.jvp([base], [1.0], X)
+    h = fn.hvp([base], [1.0], X)
+    np.testing.assert_array_equal([v, g[0], slope, h[0]], [value, first, first, second])
+
+
+# --------------------------------------------------------------------------------------
+# Gradients come back in the shape the parameters were passed in
+
+
+def _vector_model(jit=False):
+    u = sp.MatrixSymbol("u", 8, 1)
+    w = sp.MatrixSymbol("w", 8, 1)
+    r = sp.MatrixSymbol("r", 1, 8)
+    a = sp.Symbol("a")
+    expr = sp.tanh((w.T * u)[0, 0]) + (r * u)[0, 0] ** 2 + a**2 * (w.T * w)[0, 0]
+    return gradc.compile(expr, wrt=[w, r, a], data=[u], jit=jit)
+
+
+def test_flat_vector_params_get_flat_gradients():
+    fn = _vector_model()
+    rng = np.random.default_rng(3)
+    U = rng.normal(size=(6, 8))
+    w, r = rng.normal(size=8), rng.normal(size=8)
+    flat = [w, r, 0.5]
+    full = [w.reshape(8, 1), r.reshape(1, 8), 0.5]
+    g_full = fn.grad(full, U)
+    assert [np.shape(g) for g in g_full] == [(8, 1), (1, 8), ()]  # unchanged
+    g = fn.grad(flat, U)
+    assert [np.shape(e) for e in g] == [(8,), (8,), ()]
+    np.testing.assert_array_equal(g[0], g_full[0].ravel())
+    np.testing.assert_array_equal(g[1], g_full[1].ravel())
+    assert np.shape(np.sum(g[0] * w)) == ()  # no silent (8, 8) broadcast
+    step = w.copy()
+    step -= 0.1 * g[0]  # fails for an (8, 1) gradient
+    v, g2 = fn.value_and_grad(flat, U)
+    assert [np.shape(e) for e in g2] == [(8,), (8,), ()]
+    np.testing.assert_array_equal(g2[0], g[0])
+    hv = fn.hvp(flat, flat, U)
+    hv_full = fn.hvp(full, full, U)
+    assert [np.shape(e) for e in hv] == [(8,), (8,), ()]
+    np.testing.assert_allclose(hv[0], hv_full[0].ravel(), rtol=1e-14)
+    _, g3, hv3 = fn.value_grad_hvp(flat, flat, U)
+    assert [np.shape(e) for e in g3] == [(8,), (8,), ()]
+    assert [np.shape(e) for e in hv3] == [(8,), (8,), ()]
+    # per call: a 2-D call after a flat one gets 2-D gradients again
+    assert [np.shape(e) for e in fn.grad([w, r.reshape(1, 8), 0.5], U)] == [(8,), (1, 8), ()]
+    assert [np.shape(e) for e in fn.grad(full, U)] == [(8, 1), (1, 8), ()]
+
+
+def test_flat_vector_gradients_jit():
+    fn = _vector_model(jit=True)
+    U = np.random.default_rng(4).normal(size=(5, 8))
+    g = fn.grad([np.full(8, 0.1), np.full(8, 0.2), 0.5], U)
+    assert [np.shape(e) for e in g] == [(8,), (8,), ()]
+    g_full = fn.grad([np.full((8, 1), 0.1), np.full((1, 8), 0.2), 0.5], U)
+    np.testing.assert_array_equal(g[0], g_full[0].ravel())

@@ -162,13 +162,60 @@ def _swap(expr, table):
     return expr.replace(lambda e: type(e) in table, lambda e: sp.Basic.__new__(table[type(e)], *e.args))
 
 
+# Powers at the edge of their domain.  sympy differentiates b**e as
+# b**e * (e' log(b) + b' e / b): at b = 0 that is 0 * (-inf) for the exponent (NaN where
+# the limit, and the derivative for e > 0, is 0) and 0/0 for the base.  gradc swaps every
+# power with a symbolic exponent for :class:`_Pow`, whose derivative is
+#   d/db b**e = e b**(e-1), and 0 where e = 0 (b**0 is the constant 1, even at b = 0);
+#   d/de b**e = b**e log(b), and 0 where b**e = 0 (b = 0 with e > 0: the limit is 0).
+# Everything else (sqrt(b) and log(b) at 0, b**e at 0 with e < 0) keeps its IEEE value,
+# which is the one-sided limit: +-inf, not a made-up number (docs/conventions.md, "Powers
+# and logarithms at the edge of their domain").
+
+
+class _Pow(sp.Function):
+    """``b**e`` during differentiation, with the derivatives above.  A function rather
+    than a Pow subclass, so that products do not merge it back into a plain Pow; it has
+    the assumptions of the power it stands for."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            return sp.Piecewise((0, sp.Eq(e, 0)), (e * sp.Pow(b, e - 1), True))
+        p = sp.Pow(b, e)
+        return sp.Piecewise((0, sp.Eq(p, 0)), (p * sp.log(b), True))
+
+
+for _fact in ("real", "extended_real", "positive", "extended_positive", "negative",
+              "extended_negative", "nonnegative", "extended_nonnegative", "nonpositive",
+              "extended_nonpositive", "zero", "nonzero", "extended_nonzero", "finite",
+              "infinite", "integer", "rational", "complex", "imaginary"):
+    setattr(_Pow, f"_eval_is_{_fact}",
+            lambda self, _f=_fact: getattr(sp.Pow(*self.args), f"is_{_f}"))
+
+
+def _symbolic_power(e):
+    return type(e) is sp.Pow and not e.exp.is_Number and not e.base.is_Number
+
+
+def _swap_powers(expr):
+    return expr.replace(_symbolic_power, lambda e: _Pow(*e.args))
+
+
+def _unswap_powers(expr):
+    return expr.replace(lambda e: type(e) is _Pow, lambda e: sp.Pow(*e.args))
+
+
 @lru_cache(maxsize=4096)
 def partials(body: sp.Expr, nargs: int) -> tuple:
     """Partial derivatives of ``body`` with respect to ``_a0 .. _a{nargs-1}``.
 
     The results may use ``_a{nargs}``, which stands for the primal output ``body`` itself
     (so ``d tanh(a)/da`` becomes ``1 - _a1**2`` and reuses the forward value).  Dirac deltas
-    (derivatives of steps) are 0 by gradc's conventions.
+    (derivatives of steps) are 0 by gradc's conventions, and a power with a symbolic
+    exponent has no ``0 * inf`` at a zero base (:class:`_Pow`).
 
     Examples
     --------
@@ -180,16 +227,11 @@ def partials(body: sp.Expr, nargs: int) -> tuple:
     (Heaviside(_a0, 0),)
     """
     ans = placeholder(nargs)
-    conv = _swap(body, CONVENTIONS)
+    conv = _swap(_swap_powers(body), CONVENTIONS)
     out = []
     for i in range(nargs):
-        if (isinstance(body, sp.Pow) and body.base == placeholder(i) and not body.exp.is_Number
-                and not body.exp.has(placeholder(i))):
-            # sympy writes d(x**y)/dx as y*x**y/x, which is 0/0 at x = 0; use y*x**(y-1)
-            d = body.exp * body.base ** (body.exp - 1)
-        else:
-            d = sp.diff(conv, placeholder(i))
-        d = _swap(d, _BACK)
+        d = sp.diff(conv, placeholder(i))
+        d = _unswap_powers(_swap(d, _BACK))
         d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
         if d.has(sp.Derivative, sp.Subs):
             bad = next(iter(d.atoms(sp.Derivative, sp.Subs)))
