@@ -672,6 +672,7 @@ class CompiledFunction:
         from .hessian import plan_hessian
 
         self._scalar_output("hessian")
+        self._kernel("hvp")  # a GradcError where there are no second derivatives
         key = ("plan", n if self.data else 1)
         if key not in self._second:
             self.hessian_sparsity()
@@ -788,6 +789,8 @@ class CompiledFunction:
         (the second-order ``value_grad_hvp`` and ``hvp`` too, which take longer to
         compile than all the others together: about 6 s against 1.8 s on the README
         model) or a sequence of kernel names."""
+        if isinstance(kernels, str) and kernels != "all":
+            kernels = [kernels]
         if kernels is None:
             names = [k for k in self.manifest["kernels"] if k in self.FIRST_ORDER]
         elif kernels == "all":

@@ -216,7 +216,9 @@ def _symmetric_reads(rec):
 
 def hessian(fn, params, args, sparse=False, method="auto"):
     """The Hessian of ``fn`` at ``params`` (see :meth:`gradc.CompiledFunction.hessian`)."""
-    if sparse not in (False, True, "auto"):
+    if isinstance(sparse, (bool, np.bool_)):
+        sparse = bool(sparse)
+    elif sparse != "auto":
         raise GradcError(f"sparse must be True, False or 'auto', got {sparse!r}")
     if method not in ("auto", "dense", "coloured"):
         raise GradcError(f"method must be 'auto', 'dense' or 'coloured', got {method!r}")

@@ -501,3 +501,32 @@ def test_row_recovery_of_a_random_sparse_matrix():
     got = sps.csr_matrix((rec.values(seed.T @ m.toarray()), rec.pattern.indices,
                           rec.pattern.indptr), shape=m.shape)
     np.testing.assert_allclose(got.toarray(), m.toarray(), rtol=1e-14)
+
+
+def test_power_cross_derivative_at_a_zero_exponent(rng):
+    """d2 b**p / db dp = b**(p-1) (1 + p log b) is 1/b at p = 0 (a guard on p = 0 alone
+    in d/db made it 0); also inside a model with data."""
+    b, p = sp.symbols("b p")
+    f = gradc.compile(b ** p, wrt=[b, p], jit=False)
+    want = np.array(sp.hessian(b ** p, [b, p]).subs({b: 2, p: 0}), dtype=float)
+    np.testing.assert_allclose(f.hessian([2.0, 0.0]), want, rtol=1e-14)
+    w = sp.Symbol("w")
+    expr = ((w * x) ** p - y) ** 2
+    fn = gradc.compile(expr, wrt=[w, p], data=[x, y], jit=False)
+    X, Y = rng.uniform(0.5, 2.0, 6), rng.uniform(0.5, 2.0, 6)
+    _, evaluate = sympy_hessian(expr, [w, p], [x, y])
+    np.testing.assert_allclose(fn.hessian([1.0, 0.0], X, Y), evaluate([1.0, 0.0], X, Y).mean(0),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_small_api_edges(rng):
+    expr, wrt, data, consts, params, args = _case("ridge", rng)
+    fn = gradc.compile(expr, wrt, data, consts, jit=False)
+    assert sps.issparse(fn.hessian(params, *args, sparse=np.True_))
+    assert fn.warmup("hvp") is fn  # one name as a string
+    loss, mwrt, mdata = _mlp(hidden=2, inputs=3)
+    per = gradc.compile(loss, mwrt, mdata, reduce=None, jit=False)
+    for call in (lambda: per.hessian_plan, lambda: per.hessian([np.zeros(s.shape) for s in mwrt],
+                                                               np.zeros((2, 3)), np.zeros(2))):
+        with pytest.raises(gradc.GradcError, match="not available for reduce=None"):
+            call()

@@ -166,7 +166,8 @@ def _swap(expr, table):
 # b**e * (e' log(b) + b' e / b): at b = 0 that is 0 * (-inf) for the exponent (NaN where
 # the limit, and the derivative for e > 0, is 0) and 0/0 for the base.  gradc swaps every
 # power with a symbolic exponent for :class:`_Pow`, whose derivative is
-#   d/db b**e = e b**(e-1), and 0 where e = 0 (b**0 is the constant 1, even at b = 0);
+#   d/db b**e = e b**(e-1), and 0 where e = 0 and b = 0 (b**0 is the constant 1, even at
+#   b = 0; guarding e = 0 alone would zero the second derivative d2/(db de) = 1/b there);
 #   d/de b**e = b**e log(b), and 0 where b**e = 0 (b = 0 with e > 0: the limit is 0).
 # Everything else (sqrt(b) and log(b) at 0, b**e at 0 with e < 0) keeps its IEEE value,
 # which is the one-sided limit: +-inf, not a made-up number (docs/conventions.md, "Powers
@@ -183,7 +184,10 @@ class _Pow(sp.Function):
     def fdiff(self, argindex=1):
         b, e = self.args
         if argindex == 1:
-            return sp.Piecewise((0, sp.Eq(e, 0)), (e * sp.Pow(b, e - 1), True))
+            # guarded only where both are 0 (b**0 is the constant 1, also at b = 0): a
+            # guard on e alone would make d2/(db de) = 0 at e = 0, where it is 1/b
+            return sp.Piecewise((0, sp.And(sp.Eq(e, 0), sp.Eq(b, 0))),
+                                (e * sp.Pow(b, e - 1), True))
         p = sp.Pow(b, e)
         return sp.Piecewise((0, sp.Eq(p, 0)), (p * sp.log(b), True))
 
