@@ -51,6 +51,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import sympy as sp  # noqa: E402
+from _revision import gradc_revision  # noqa: E402
 
 FULL_CASES = ["units:1", "units:10", "units:100", "units:1000",
               "chain:10", "chain:100", "chain:1000"]
@@ -64,17 +65,6 @@ def _gradc_file():
     return gradc.__file__
 
 
-def gradc_revision():
-    """Where gradc was imported from, and the git commit of that checkout (+ dirty flag)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(_gradc_file())))
-    try:
-        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "gradc"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return f"{_gradc_file()} (git {rev}{', gradc/ modified' if dirty else ''})"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{_gradc_file()} (not a git checkout)"
 
 
 def build(case):

@@ -59,11 +59,12 @@ sys.path.insert(0, HERE)
 import _single  # noqa: E402  (one thread per library, one CPU)
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from _revision import gradc_revision  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 USE_JAX = "--no-jax" not in sys.argv
@@ -80,19 +81,6 @@ RTOL = 1e-9
 ROUNDS = {"fast": 40 if QUICK else 200, "slow": 3 if QUICK else 15}
 
 
-def gradc_revision():
-    """Where gradc was imported from, and the git commit of that checkout (+ dirty flag)."""
-    import gradc
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gradc.__file__)))
-    try:
-        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "gradc"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return f"{gradc.__file__} (git {rev}{', gradc/ modified' if dirty else ''})"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{gradc.__file__} (not a git checkout)"
 
 
 # ------------------------------------------------------------------------------ timing

@@ -63,6 +63,7 @@ from collections import Counter  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import sympy as sp  # noqa: E402
+from _revision import gradc_revision  # noqa: E402
 
 import gradc  # noqa: E402
 
@@ -70,17 +71,6 @@ N = 10_000
 RTOL = 1e-9
 
 
-def gradc_revision():
-    """Where gradc was imported from, and the git commit of that checkout (+ dirty flag)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gradc.__file__)))
-    try:
-        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "gradc"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return f"{gradc.__file__} (git {rev}{', gradc/ modified' if dirty else ''})"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{gradc.__file__} (not a git checkout)"
 
 
 # ------------------------------------------------------------------------------ the model

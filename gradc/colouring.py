@@ -124,6 +124,13 @@ class _Reads:
     rows_read = cols_read = None
     _flat = None
 
+    def __init__(self, pattern, colour):
+        m = pattern.tocsr()
+        m.sort_indices()
+        self.pattern = m
+        self.colour = np.asarray(colour)
+        self.ncolours = int(self.colour.max()) + 1 if self.colour.size else 0
+
     def set_reads(self, rows, cols):
         self.rows_read, self.cols_read = rows, cols
         self._flat = None
@@ -161,11 +168,8 @@ class ColumnRecovery(_Reads):
     a column colouring: ``J[i, j] = B[i, colour[j]]``."""
 
     def __init__(self, pattern, colour):
-        m = pattern.tocsr()
-        m.sort_indices()
-        self.pattern = m
-        self.colour = np.asarray(colour)
-        self.ncolours = int(self.colour.max()) + 1 if self.colour.size else 0
+        super().__init__(pattern, colour)
+        m = self.pattern
         self.set_reads(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)),
                        self.colour[m.indices])
 
@@ -176,11 +180,8 @@ class StarRecovery(_Reads):
     ``pattern``'s csr entries."""
 
     def __init__(self, pattern, colour):
-        m = pattern.tocsr()
-        m.sort_indices()
-        self.pattern = m
-        self.colour = np.asarray(colour)
-        self.ncolours = int(self.colour.max()) + 1 if self.colour.size else 0
+        super().__init__(pattern, colour)
+        m = self.pattern
         n = m.shape[0]
         rows = np.repeat(np.arange(n), np.diff(m.indptr))
         cols = m.indices
@@ -203,10 +204,7 @@ class RowRecovery(_Reads):
     colour): ``J[i, j] = B[colour[i], j]`` with ``B[c]`` the sum of the rows of colour c."""
 
     def __init__(self, pattern, colour):
-        m = pattern.tocsr()
-        m.sort_indices()
-        self.pattern = m
-        self.colour = np.asarray(colour)
-        self.ncolours = int(self.colour.max()) + 1 if self.colour.size else 0
+        super().__init__(pattern, colour)
+        m = self.pattern
         rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
         self.set_reads(m.indices.copy(), self.colour[rows])
