@@ -447,8 +447,6 @@ class CompiledFunction:
         with differently shaped params do not interfere)."""
         if self.scalar_params:
             return None
-        if isinstance(values, dict):
-            values = [values.get(s) for s in self.wrt]
         out, differ = [], False
         for s, v in zip(self.wrt, values):
             shape = v.shape if isinstance(v, np.ndarray) else np.shape(v) if v is not None \
