@@ -675,8 +675,10 @@ class CompiledFunction:
         if key not in self._second:
             self.hessian_sparsity()
             first = self._second.get(("plan", 1))
+            measured = self._second.setdefault("hessian_times", {})
             self._second[key] = plan_hessian(self, n, self._second["pattern"],
-                                             first.colour if first is not None else None)
+                                             first.colour if first is not None else None,
+                                             measured)
         return self._second[key]
 
     #: Hessian-vector products per kernel call in :meth:`hessian`: 1 uses the ``hvp``

@@ -36,7 +36,8 @@ P counts the flattened parameters: ``wrt`` in order, matrices row-major (the lay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+import time
 
 import numpy as np
 
@@ -102,6 +103,9 @@ class HessianPlan:
         The option with the smallest predicted time.
     n : int or None
         The batch size the times are predicted for (None: no data).
+    measured : dict
+        ``(method, n) -> seconds`` of the last :func:`hessian` call of each method and
+        batch size (shared by the function's plans); the table shows those for ``n``.
     """
 
     size: int
@@ -110,6 +114,7 @@ class HessianPlan:
     options: tuple
     choice: str
     n: int
+    measured: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def colours(self):
@@ -125,13 +130,16 @@ class HessianPlan:
                 + (f", {self.colours} colours (star colouring)" if self.colour is not None
                    else ", too dense to colour"))
         lines = [head, f"  {'method':<10} {'HVP sweeps':>10} {'flops':>16} {'memory':>12} "
-                       f"{'predicted':>12}"]
+                       f"{'predicted':>12} {'measured':>12}"]
         for o in self.options:
             mark = "  <- chosen" if o.name == self.choice else ""
+            got = self.measured.get((o.name, self.n or 1))
             lines.append(f"  {o.name:<10} {o.sweeps:>10,} {2 * o.work:>16,.0f} "
-                         f"{_bytes(o.memory):>12} {_secs(o.seconds):>12}{mark}")
+                         f"{_bytes(o.memory):>12} {_secs(o.seconds):>12} "
+                         f"{_secs(got) if got is not None else '-':>12}{mark}")
         where = f"a batch of {self.n:,}" if self.n else "one evaluation (no data)"
-        lines.append(f"  (predicted for {where}; flops count the HVP sweeps)")
+        lines.append(f"  (predicted for {where}; measured: the last fn.hessian by that "
+                     "method; flops count the HVP sweeps)")
         return "\n".join(lines)
 
     def __str__(self):
@@ -153,7 +161,7 @@ def _secs(s):
     return f"{s * 1e6:,.1f} us" if s < 1e-3 else f"{s * 1e3:,.2f} ms" if s < 1 else f"{s:,.2f} s"
 
 
-def plan_hessian(fn, n=1, pattern=None, colour=None):
+def plan_hessian(fn, n=1, pattern=None, colour=None, measured=None):
     """The :class:`HessianPlan` of compiled function ``fn`` for a batch of ``n`` (with
     its ``pattern`` and star ``colour``-ing when they are known already)."""
     from .planner.calibrate import MOVE_SECONDS, rates
@@ -194,7 +202,7 @@ def plan_hessian(fn, n=1, pattern=None, colour=None):
         options.append(HessianOption("coloured", k, work, mem, secs + recover))
     choice = min(options, key=lambda o: o.seconds).name
     return HessianPlan(size, pattern, colour, tuple(options), choice,
-                       n_eff if fn.data else None)
+                       n_eff if fn.data else None, measured if measured is not None else {})
 
 
 def _symmetric_reads(rec):
@@ -236,6 +244,7 @@ def hessian(fn, params, args, sparse=False, method="auto"):
     if method == "coloured" and plan.colour is None:
         raise GradcError(f"the Hessian pattern is too dense to colour ({plan.pattern.nnz:,} "
                          f"nonzeros of {plan.size ** 2:,}): use method='dense'")
+    start = time.perf_counter()
     rec, tangents = fn._sweeps(method)
     size, k = plan.size, len(tangents)
     products = np.empty((n, k, size) if per_example else (k, size))
@@ -254,7 +263,14 @@ def hessian(fn, params, args, sparse=False, method="auto"):
                     hv = out[2 + c]
                     products[..., start + c, :] = hv if fn.scalar_params else \
                         fn.pack(fn._result(hv), False)
-    pattern = plan.pattern
+    out = _assemble(products, rec, plan.pattern, method, sparse, per_example, n)
+    plan.measured[(method, n if fn.data else 1)] = time.perf_counter() - start
+    return out
+
+
+def _assemble(products, rec, pattern, method, sparse, per_example, n):
+    """The Hessian(s) from the HVP products, in the form :func:`hessian` returns."""
+    size = pattern.shape[0]
     if method == "dense" and not per_example and sparse is not True and (
             sparse is False or pattern.nnz > size * size // 4):
         return _dense_from_columns(products, pattern)
@@ -266,9 +282,8 @@ def hessian(fn, params, args, sparse=False, method="auto"):
         return out
     from .sparsity import _scipy_sparse
 
-    sp_ = _scipy_sparse()
-    h = sp_.csr_matrix((values, pattern.indices.copy(), pattern.indptr.copy()),
-                       shape=(size, size))
+    h = _scipy_sparse().csr_matrix((values, pattern.indices.copy(), pattern.indptr.copy()),
+                                   shape=(size, size))
     if sparse is True or (sparse == "auto" and pattern.nnz <= size * size // 4):
         return h
     return h.toarray()

@@ -530,3 +530,16 @@ def test_small_api_edges(rng):
                                                                np.zeros((2, 3)), np.zeros(2))):
         with pytest.raises(gradc.GradcError, match="not available for reduce=None"):
             call()
+
+
+def test_plan_shows_measured_times():
+    e, xs = _chain(30)
+    fn = gradc.compile(e, xs, jit=False)
+    assert "measured" in str(fn.hessian_plan).splitlines()[1]
+    rows = {line.split()[0]: line for line in str(fn.hessian_plan).splitlines()[2:4]}
+    assert rows["dense"].split()[-1] == "-" and rows["coloured"].split()[-3] == "-"
+    fn.hessian(np.ones(30), method="coloured")
+    plan = fn.hessian_plan
+    assert plan.measured[("coloured", 1)] > 0 and ("dense", 1) not in plan.measured
+    rows = {line.split()[0]: line for line in str(plan).splitlines()[2:4]}
+    assert rows["dense"].split()[-1] == "-" and rows["coloured"].split()[-3] != "-"
