@@ -15,7 +15,11 @@ module's functions ``names`` (the kernels its manifest lists, see
   generated code).
 
 The cache folder is ``$GRADC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gradc``, else
-``~/.cache/gradc``.  An entry is ``kernels.py``, its ``manifest.json`` (the kernels, their
+``~/.cache/gradc``.  gradc imports code from it, so it is created with mode 0700 (files
+0600) and used only if it belongs to this user and nobody else can write to it (as ssh
+does with its keys); otherwise :func:`cache_dir` warns and uses a private temporary
+folder for the process.  An entry any of whose files (numba's included) is not this
+user's, or is writable by others, is not loaded but rewritten.  An entry is ``kernels.py``, its ``manifest.json`` (the kernels, their
 arguments, output kinds and memory tables) and ``meta.json`` holding both files'
 SHA-256; an entry whose files are missing, truncated or altered is detected by those
 hashes and rewritten (atomically, so concurrent processes never see half a file).  Keys are content hashes that
@@ -54,6 +58,19 @@ class _CheckedFunctionCache(FunctionCache):
         except Exception:  # noqa: BLE001 - any failure to unpickle means "not cached"
             return None
 
+    def save_overload(self, sig, data):
+        """numba writes its files with the process's umask; make them private (0600, the
+        folder 0700) like the rest of the entry, so the entry stays trusted."""
+        super().save_overload(sig, data)
+        try:
+            folder = Path(self._cache_path)
+            _make_private(folder)
+            for f in folder.iterdir():
+                if f.is_file() and os.stat(f).st_uid == os.getuid() and f.stat().st_mode & 0o077:
+                    os.chmod(f, 0o600)
+        except (OSError, AttributeError):
+            pass
+
 
 def njit(fn, *, parallel: bool = False):
     """The one place gradc calls ``numba.njit``: every kernel gets these options.
@@ -71,14 +88,101 @@ def njit(fn, *, parallel: bool = False):
     return disp
 
 
-def cache_dir() -> Path:
-    """The root of gradc's disk cache."""
+def configured_cache_dir() -> Path:
+    """The cache folder the environment asks for (see the module docstring)."""
     env = os.environ.get("GRADC_CACHE_DIR")
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "gradc"
+
+
+def unsafe_reason(path: Path):
+    """Why ``path`` must not be trusted (``None`` if it may): it must belong to this
+    user and be writable by nobody else, as ssh requires of its keys.  A symlink is
+    judged by what it points to, and must itself belong to this user."""
+    try:
+        link = os.lstat(path)
+        st = os.stat(path)
+    except OSError as err:
+        return f"cannot inspect it ({err.strerror})"
+    uid = os.getuid()
+    for what, info in (("it", st), ("the link to it", link)):
+        if info.st_uid != uid:
+            return f"{what} belongs to uid {info.st_uid}, not to this user ({uid})"
+    if st.st_mode & 0o022:
+        return f"it is writable by {'group and others' if st.st_mode & 0o022 == 0o022 else 'group' if st.st_mode & 0o020 else 'others'} (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def _make_private(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077 and not os.path.islink(path):
+        os.chmod(path, 0o700)
+
+
+_fallback: dict = {}  # configured root -> this process's private replacement
+
+
+def cache_dir() -> Path:
+    """The root of gradc's disk cache: :func:`configured_cache_dir`, created with mode 0700,
+    if it belongs to this user and nobody else can write to it.  Otherwise gradc does not
+    load anything from there (another user could plant code in it): it warns once, saying
+    why and what to do, and uses a private temporary folder for this process instead."""
+    root = configured_cache_dir()
+    if root in _fallback:
+        return _fallback[root]
+    try:
+        if not root.exists():
+            _make_private(root)  # an existing folder is checked, not changed
+        reason = unsafe_reason(root)
+    except OSError as err:
+        reason = f"it cannot be created ({err.strerror})"
+    if reason is None:
+        return root
+    import warnings
+
+    private = Path(tempfile.mkdtemp(prefix="gradc-private-cache-"))
+    _fallback[root] = private
+    warnings.warn(
+        f"gradc: not using the cache folder {root}: {reason}. Kernels compiled now are "
+        f"kept in {private} for this process only. Make the folder yours and private "
+        f"(chown; chmod 700 {root}) or set GRADC_CACHE_DIR to a folder of your own.",
+        RuntimeWarning, stacklevel=2)
+    return private
+
+
+def verify() -> list:
+    """Check the whole cache: the root and every entry (ownership and modes of every file,
+    numba's included, and the SHA-256 of the source and manifest).  Returns one
+    ``(key or "root", problem)`` pair per problem found; empty when all is well."""
+    root = configured_cache_dir()
+    if not root.exists():
+        return []
+    reason = unsafe_reason(root)
+    if reason is not None:
+        return [("root", f"{root}: {reason}")]
+    out = []
+    for e in entries():
+        out += [(e["key"], p) for p in entry_problems(e["path"])]
+        if not any(k == e["key"] for k, _ in out) and (e["path"] / "meta.json").exists() \
+                and lookup(e["key"]) is None:
+            out.append((e["key"], "its files do not match the hashes in meta.json"))
+    return out
+
+
+def entry_problems(entry: Path) -> list:
+    """Every file and folder of a cache entry (numba's files included) that is not this
+    user's or is writable by others, as ``"path: reason"`` strings."""
+    out = []
+    for path in [entry, *sorted(entry.rglob("*"))]:
+        reason = unsafe_reason(path)
+        if reason is not None:
+            out.append(f"{path}: {reason}")
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -127,6 +231,8 @@ def lookup(key: str):
     manifest is None for an entry stored without one).  A hit marks the entry as used
     now (the mtime of its ``meta.json``), for :func:`prune`."""
     entry = cache_dir() / key
+    if entry.exists() and entry_problems(entry):
+        return None  # not trusted: store() rewrites it privately
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
         source = (entry / "kernels.py").read_text(encoding="utf-8")
@@ -218,11 +324,14 @@ def store(key: str, source: str, manifest=None) -> Path:
     path = entry / "kernels.py"
     if lookup(key) == (source, manifest):
         return path
-    entry.mkdir(parents=True, exist_ok=True)
+    _make_private(entry)
     pycache = entry / "__pycache__"
     if pycache.exists():  # numba's files belong to the old text: drop them
         for f in pycache.iterdir():
             f.unlink(missing_ok=True)
+    for f in entry.iterdir():  # an entry that was not private is rewritten as one
+        if f.is_file() and not f.is_symlink() and os.stat(f).st_uid == os.getuid():
+            os.chmod(f, 0o600)
     meta = {"sha256": _sha(source), "key": key}
     _write_atomic(path, source)
     if manifest is not None:

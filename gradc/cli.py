@@ -9,7 +9,8 @@ arguments (``expr``, ``wrt``, ``data``, ``consts``), or a function returning eit
 ``gradc compare FILE.py:NAME`` also compiles every mode, times it on random inputs of the
 right shapes and prints predicted against measured time.  ``gradc export FILE.py:NAME -o
 OUT.py`` writes the kernels as a standalone module (:mod:`gradc.export`).  ``gradc cache``
-prints where the disk cache is and its size; ``gradc cache --clear`` empties it.
+prints where the disk cache is and its size; ``gradc cache --clear`` empties it, ``gradc
+cache --verify`` checks every entry's ownership, modes and hashes.
 
 Every subcommand returns exit status 0 on success; a :class:`gradc.GradcError` prints its
 message and exits with status 2, never a traceback.
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     ex.add_argument("-o", "--output", required=True, help="the module file to write")
     ca = sub.add_parser("cache", help="show (or --clear) the disk cache of compiled kernels")
     ca.add_argument("--clear", action="store_true", help="remove every entry")
+    ca.add_argument("--verify", action="store_true",
+                    help="check ownership, modes and hashes of every entry")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -64,17 +67,28 @@ def main(argv=None) -> int:
             fn = target.pop("fn", None) or gradc_compile(**target)
             print(f"wrote {fn.export(args.output)}")
         elif args.command == "cache":
-            cache_command(clear=args.clear)
+            return cache_command(clear=args.clear, verify=args.verify)
     except GradcError as e:
         print(f"gradc: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def cache_command(clear=False):
-    """Print the disk cache's folder, entries and size; with ``clear``, empty it first."""
+def cache_command(clear=False, verify=False):
+    """Print the disk cache's folder, entries and size; with ``clear``, empty it first;
+    with ``verify``, check every entry (:func:`gradc.backend.verify`) and return 1 if
+    something is wrong."""
     from . import backend
 
+    if verify:
+        problems = backend.verify()
+        for key, problem in problems:
+            print(f"{key}: {problem}")
+        n = len(backend.entries()) if backend.unsafe_reason(backend.configured_cache_dir()) \
+            is None and backend.configured_cache_dir().exists() else 0
+        print(f"{backend.configured_cache_dir()}: {n} entries checked, "
+              f"{len(problems)} problem(s)" + ("" if problems else ": all private and intact"))
+        return 1 if problems else 0
     if clear:
         removed = backend.prune(max_bytes=1, keep=())
         print(f"removed {len(removed)} entries")
@@ -83,6 +97,7 @@ def cache_command(clear=False):
     limit = backend.os.environ.get("GRADC_CACHE_MAX_MB") or backend.CACHE_MAX_MB
     print(f"{backend.cache_dir()}: {len(found)} entries, {size:.1f} MiB "
           f"(limit {limit} MiB, $GRADC_CACHE_MAX_MB)")
+    return 0
 
 
 def load_target(target: str) -> dict:

@@ -164,3 +164,84 @@ def test_parallel_kernels_make_openmp_wait_passively(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice stays
     backend.njit(lambda a: a, parallel=True)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+# ----------------------------------------------------------------------------------------
+# A cache only its user can write (issue 13, item 1)
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def test_entries_are_private_numba_files_included(cache, first):
+    e = entry(cache)
+    assert _mode(e) == 0o700 and _mode(e / "__pycache__") == 0o700
+    for f in [*e.iterdir(), *(e / "__pycache__").iterdir()]:
+        if f.is_file():
+            assert _mode(f) == 0o600, f
+    from gradc import backend
+
+    assert backend.entry_problems(e) == []
+
+
+def test_a_new_root_is_created_private(tmp_path, monkeypatch):
+    from gradc import backend
+
+    root = tmp_path / "new" / "gradc"
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(root))
+    assert backend.cache_dir() == root and _mode(root) == 0o700
+
+
+def test_a_root_others_can_write_is_not_used(tmp_path, monkeypatch):
+    import numpy as np
+    import sympy as sp
+
+    import gradc
+    from gradc import backend
+
+    root = tmp_path / "shared"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(root))
+    with pytest.warns(RuntimeWarning, match=r"not using the cache folder .*writable by group "
+                                            r"and others \(mode 777\)"):
+        private = backend.cache_dir()
+    assert private != root and _mode(private) == 0o700
+    w, x = sp.symbols("w x")
+    fn = gradc.compile(sp.tanh(w * x) + w ** 2, wrt=[w], data=[x])
+    assert fn.grad([0.5], np.ones(3))[0] == pytest.approx(1 - np.tanh(0.5) ** 2 + 1.0)
+    assert list(root.iterdir()) == []  # nothing was written into (or loaded from) it
+    assert backend.verify() == [("root", f"{root}: it is writable by group and others "
+                                         "(mode 777)")]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_a_root_of_another_user_is_not_used(tmp_path, monkeypatch):
+    from gradc import backend
+
+    root = tmp_path / "theirs"
+    root.mkdir(mode=0o700)
+    os.chown(root, 12345, 12345)
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(root))
+    with pytest.warns(RuntimeWarning, match="belongs to uid 12345"):
+        assert backend.cache_dir() != root
+
+
+def test_an_entry_others_can_write_is_not_loaded_but_rewritten(tmp_path, monkeypatch, capsys):
+    from gradc import backend, cli
+
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "c"))
+    key = "0123456789abcdef0123456789abcdef"
+    backend.store(key, "x = 1\n", {"kernels": {}})
+    assert backend.lookup(key) == ("x = 1\n", {"kernels": {}})
+    assert cli.cache_command(verify=True) == 0
+    planted = tmp_path / "c" / key / "kernels.py"
+    os.chmod(planted, 0o666)
+    assert backend.lookup(key) is None  # not trusted
+    assert cli.cache_command(verify=True) == 1
+    assert "writable by group and others (mode 666)" in capsys.readouterr().out
+    backend.store(key, "x = 1\n", {"kernels": {}})
+    assert _mode(planted) == 0o600 and backend.lookup(key) is not None
+    planted.write_text("x = 2\n")  # same owner and mode, but the hash no longer matches
+    assert backend.verify() == [(key, "its files do not match the hashes in meta.json")]
