@@ -426,7 +426,18 @@ def load(source: str, key: str, names, jit: bool = True, parallel: bool = False,
     if cached is not None:
         return cached
     check_size(source)
-    path = store(key, source, manifest)
+    try:
+        path = store(key, source, manifest)
+    except OSError as err:  # a full disk, a read-only folder: compile without the cache
+        import warnings
+
+        private = Path(tempfile.mkdtemp(prefix="gradc-uncached-"))
+        path = private / key / "kernels.py"
+        path.parent.mkdir(mode=0o700)
+        path.write_text(source, encoding="utf-8")
+        warnings.warn(f"gradc: could not write to the cache folder {cache_dir()} "
+                      f"({err.strerror or err}); these kernels are compiled for this process "
+                      f"only (in {private})", RuntimeWarning, stacklevel=3)
     name = f"gradc_kernels_{key}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -245,3 +245,23 @@ def test_an_entry_others_can_write_is_not_loaded_but_rewritten(tmp_path, monkeyp
     assert _mode(planted) == 0o600 and backend.lookup(key) is not None
     planted.write_text("x = 2\n")  # same owner and mode, but the hash no longer matches
     assert backend.verify() == [(key, "its files do not match the hashes in meta.json")]
+
+
+def test_a_cache_that_cannot_be_written_degrades_to_compiling_in_memory(tmp_path,
+                                                                        monkeypatch):
+    import numpy as np
+    import sympy as sp
+
+    import gradc
+    from gradc import backend
+
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "c"))
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backend, "store", full)
+    w, x = sp.symbols("w x")
+    with pytest.warns(RuntimeWarning, match="No space left on device"):
+        fn = gradc.compile(sp.sin(w * x) + 3 * w, wrt=[w], data=[x])
+    assert fn.grad([0.0], np.ones(4))[0] == pytest.approx(4.0)
