@@ -543,3 +543,32 @@ def test_plan_shows_measured_times():
     assert plan.measured[("coloured", 1)] > 0 and ("dense", 1) not in plan.measured
     rows = {line.split()[0]: line for line in str(plan).splitlines()[2:4]}
     assert rows["dense"].split()[-1] == "-" and rows["coloured"].split()[-3] != "-"
+
+
+def test_threads_calling_one_function_get_the_serial_results(chain_fn):
+    """The kernels release the GIL (nogil); the cached second-order state (pattern,
+    colouring, plans) is shared: many threads at once give exactly the serial answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    points = [rng.normal(size=200) for _ in range(24)]
+
+    def work(x0):
+        return (chain_fn.grad(x0), chain_fn.hvp(x0, x0[::-1].copy()),
+                chain_fn.hessian(x0, sparse=True).toarray())
+
+    serial = [work(x0) for x0 in points]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threaded = list(pool.map(work, points))
+    for a, b in zip(serial, threaded):
+        for u, v in zip(a, b):
+            assert np.array_equal(u, v)
+    # a fresh function: the threads race to build the pattern, colouring and plan
+    e, xs = _chain(40)
+    fresh = gradc.compile(e, xs, jit=False)
+    small = [rng.normal(size=40) for _ in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda z: fresh.hessian(z, sparse=True).toarray(), small))
+    for z, h in zip(small, got):
+        np.testing.assert_array_equal(h, fresh.hessian(z, sparse=True).toarray())
+        np.testing.assert_allclose(h, _chain_hessian(z), rtol=1e-13, atol=1e-12)
