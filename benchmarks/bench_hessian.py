@@ -64,6 +64,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _models import chain_model, units_model  # noqa: E402
 from _revision import gradc_revision  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -192,14 +193,6 @@ def to_numpy(x):
 
 
 # ------------------------------------------------------------------------------ tanh model
-def units_model(k):
-    import sympy as sp
-
-    x, y = sp.symbols("x y")
-    v, b, w = sp.symbols(f"v1:{k + 1}"), sp.symbols(f"b1:{k + 1}"), sp.symbols(f"w0:{k + 1}")
-    f = w[0] + sp.Add(*[w[i + 1] * sp.tanh(v[i] * x + b[i]) for i in range(k)])
-    return (f - y) ** 2, [*v, *b, *w], [x, y]
-
 
 def units_data(k):
     X = np.linspace(-np.pi, np.pi, N)
@@ -310,12 +303,22 @@ def run_units(jax):
     return rows
 
 
+def print_cases(med, inner, base_name, unit="us", indent="    "):
+    """One row per case: median time per call, and its ratio to case ``base_name``."""
+    scale, digits = (1e6, 1) if unit == "us" else (1e3, 2)
+    base = med[base_name]
+    label = "x " + base_name.replace("kernels.value_and_grad", "vg kernel").replace(
+        "fn.hessian", "hessian")
+    width = max(16, len(label))
+    print(f"{indent}{'case [calls per sample]':44s} {unit + '/call':>10s} {label:>{width}s}")
+    for name, sec in med.items():
+        print(f"{indent}{name + f' [{inner[name]}]':44s} {sec * scale:10.{digits}f} "
+              f"{sec / base:{width}.2f}")
+
+
 def print_model_rows(title, med, inner, row):
     print(f"  {title}")
-    base = med["gradc kernels.value_and_grad"]
-    print(f"    {'case [calls per sample]':44s} {'us/call':>10s} {'x gradc vg kernel':>18s}")
-    for name, s in med.items():
-        print(f"    {name + f' [{inner[name]}]':44s} {s * 1e6:10.1f} {s / base:18.2f}")
+    print_cases(med, inner, "gradc kernels.value_and_grad")
     line = (f"    HVP / value_and_grad: kernels {row['hvp_over_vg_kernel']:.2f}, methods "
             f"{row['hvp_over_vg_method']:.2f}")
     if "hvp_over_jax_kernel" in row:
@@ -480,9 +483,7 @@ def run_dense(jax):
           + ("; JAX first call " + ", ".join(f"{s} {t:.2f} s" for s, t in jax_first.items())
              if jax_first else ""))
     base = med["gradc fn.hessian"]
-    print(f"    {'case [calls per sample]':44s} {'ms/call':>10s} {'x gradc hessian':>16s}")
-    for name, s in med.items():
-        print(f"    {name + f' [{inner[name]}]':44s} {s * 1e3:10.2f} {s / base:16.2f}")
+    print_cases(med, inner, "gradc fn.hessian", unit="ms")
     row["hessian_over_vg"] = base / med["gradc kernels.value_and_grad"]
     line = f"    Hessian / value_and_grad kernel {row['hessian_over_vg']:.1f}"
     if jax is not None:
@@ -495,13 +496,6 @@ def run_dense(jax):
 
 
 # ------------------------------------------------------------------------------ chain
-def chain_model(nvar):
-    import sympy as sp
-
-    q = sp.symbols(f"x0:{nvar}")
-    return sp.Add(*[100 * (q[i + 1] - q[i] ** 2) ** 2 + (1 - q[i]) ** 2
-                    for i in range(nvar - 1)]), list(q)
-
 
 def numpy_chain(x):
     """Gradient and the three diagonals of the chain's tridiagonal Hessian."""
@@ -528,7 +522,7 @@ def run_chains(jax):
           "(no data) ==")
     rows = []
     for nvar in CHAINS:
-        (expr, wrt), t_build = timed(lambda: chain_model(nvar))
+        (expr, wrt, _), t_build = timed(lambda: chain_model(nvar))
         fn, t_compile = timed(lambda: gradc.compile(expr, wrt=wrt))
         pattern, t_pattern = timed(fn.hessian_sparsity)
         plan, t_plan = timed(lambda: fn.hessian_plan)
@@ -587,10 +581,7 @@ def run_chains(jax):
               f"{t_first_grad:.2f} s"
               + ("; JAX first call " + ", ".join(f"{s} {t:.2f} s" for s, t in jax_first.items())
                  if jax_first else ""))
-        base = med["gradc fn.grad"]
-        print(f"    {'case [calls per sample]':44s} {'us/call':>10s} {'x gradc fn.grad':>16s}")
-        for name, s in med.items():
-            print(f"    {name + f' [{inner[name]}]':44s} {s * 1e6:10.1f} {s / base:16.2f}")
+        print_cases(med, inner, "gradc fn.grad")
         line = f"    sparse Hessian / fn.grad {row['hessian_over_grad']:.2f}"
         if "hvp_over_jax" in row:
             line += f"; gradc HVP kernel / JAX HVP {row['hvp_over_jax']:.2f}"

@@ -42,6 +42,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _models import chain_model, units_model  # noqa: E402
+
 N = 10_000
 QUICK = "--quick" in sys.argv
 KS = [3, 10, 30, 100] if QUICK else [3, 10, 30, 100, 300]
@@ -50,21 +52,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ------------------------------------------------------------------------------ models
-def units_model(k):
-    import sympy as sp
-
-    x, y = sp.symbols("x y")
-    v, b, w = sp.symbols(f"v1:{k + 1}"), sp.symbols(f"b1:{k + 1}"), sp.symbols(f"w0:{k + 1}")
-    f = w[0] + sp.Add(*[w[i + 1] * sp.tanh(v[i] * x + b[i]) for i in range(k)])
-    return (f - y) ** 2, [*v, *b, *w], [x, y]
-
-
-def chain_model(nvar):
-    import sympy as sp
-
-    q = sp.symbols(f"x0:{nvar}")
-    return sp.Add(*[100 * (q[i + 1] - q[i] ** 2) ** 2 + (1 - q[i]) ** 2
-                    for i in range(nvar - 1)]), list(q), []
 
 
 def sum_model(nterms):

@@ -14,9 +14,9 @@ Hessian compiles nothing more).  Setting ``CompiledFunction.HVP_BLOCK`` (class o
 instance attribute) to k > 1 makes the sweeps run k directions per call of an
 ``hvp_block`` kernel sharing one primal and reverse pass, and the cost model counts them
 so; that kernel holds k copies of the tangent code, so its compile time grows with k
-(on the 10-parameter tanh model, n = 10,000: 2.6 s for the HVP kernel, 5.1 s more for a
-block of 2, 10.8 s for 8) while it saves 20-30% of the run time there: it pays only for
-many Hessians of one function.  Printing the plan prints that table.
+while the run time it saves is a fraction (``benchmarks/bench_hvp_block.py``, in
+docs/performance.md): it pays only for many Hessians of one function.  Printing the plan
+prints that table.
 
 :func:`hessian` evaluates it: the HVP kernel (``fn.kernels.hvp``) is called once
 per sweep, and the Hessian read from the products.  Dense and coloured give the same
