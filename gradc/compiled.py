@@ -210,7 +210,9 @@ def _plain(x):
 
 
 def _shape(sym):
-    return tuple(int(d) for d in sym.shape) if isinstance(sym, sp.MatrixSymbol) else ()
+    if isinstance(sym, (sp.MatrixSymbol, sp.IndexedBase)):
+        return tuple(int(d) for d in sym.shape)
+    return ()
 
 
 def _label_ranges(expr):
@@ -273,7 +275,7 @@ class CompiledFunction:
         self.source = source
         self.kernels = kernels
         self.jit = jit
-        self.scalar_params = all(not isinstance(s, sp.MatrixSymbol) for s in self.wrt)
+        self.scalar_params = all(isinstance(s, sp.Symbol) for s in self.wrt)
         self._labels = _label_ranges(expr)
         self._shapes = {s: _shape(s) for s in self.wrt + self.data + self.consts}
         self.output_shape = (tuple(int(d) for d in expr.shape)
@@ -356,8 +358,15 @@ class CompiledFunction:
             if arr.dtype.kind not in "biuf":
                 raise GradcError(f"data {sym}: dtype {arr.dtype} is not a real number type")
             shape = self._shapes[sym]
-            length = shape[0] * shape[1] if shape else 1
-            if length == 1:
+            length = int(np.prod(shape)) if shape else 1
+            if isinstance(sym, sp.IndexedBase):  # (n, *shape), stored flat per example
+                if arr.ndim < 1 or arr.shape[1:] != shape and not (
+                        arr.ndim == 2 and arr.shape[1] == length):
+                    raise GradcError(
+                        f"data {sym}: expected shape (n, {', '.join(map(str, shape))}) (one "
+                        f"{'x'.join(map(str, shape))} array per example), got {arr.shape}")
+                arr = arr.reshape(arr.shape[0], length)
+            elif length == 1:
                 if arr.ndim != 1 and not (arr.ndim == 2 and arr.shape[1] == 1):
                     raise GradcError(
                         f"data {sym}: expected a 1-D array (one value per example), "

@@ -32,6 +32,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from . import prims
 from .errors import GradcError, short
+from .indexed import INDEXED, IndexLowerer
 from .ir import Builder, Lit, Program, type_of
 from .prims import array as ap
 
@@ -72,14 +73,25 @@ def _postorder(expr):
 
 
 def free_symbols(expr):
-    """The free symbols (and matrix symbols) of ``expr``, without sympy's recursion."""
-    out = set()
+    """The free symbols (matrix symbols, indexed bases) of ``expr``, without sympy's
+    recursion.  The labels of ``IndexedBase`` objects and the indices that some ``Sum`` or
+    ``FunctionMatrix`` binds are left out (:mod:`gradc.indexed` reports an index used
+    outside its binding)."""
+    out, bound, labels = set(), set(), set()
     for n in postorder(expr):
         if isinstance(n, (sp.Symbol, sp.MatrixSymbol)):
             out.add(n)
+        elif isinstance(n, sp.IndexedBase):
+            out.add(n)
+            labels.add(n.label)
+        elif isinstance(n, sp.Sum):
+            bound |= {lim[0] for lim in n.limits}
         elif isinstance(n, sp.Lambda):
-            out |= n.expr.free_symbols - set(n.variables)
-    return out
+            if any(isinstance(m, INDEXED) for m in postorder(n.expr)):
+                out |= free_symbols(n.expr) - set(n.variables)  # a FunctionMatrix's body
+            else:
+                out |= n.expr.free_symbols - set(n.variables)
+    return out - bound - labels
 
 
 def structural_key(expr) -> str:
@@ -111,6 +123,21 @@ def matrix_shape(m):
     except TypeError:
         raise GradcError(f"matrix {short(m)} has the symbolic shape {m.shape}; use integers") from None
     return r, c
+
+
+def indexed_shape(base):
+    """The shape of an ``IndexedBase`` as a tuple of ints, or a GradcError naming it."""
+    if base.shape is None:
+        raise GradcError(f"IndexedBase {base} has no shape: declare it as "
+                         f"IndexedBase('{base}', shape=(...))")
+    try:
+        shape = tuple(int(d) for d in base.shape)
+    except TypeError:
+        raise GradcError(f"IndexedBase {base} has the symbolic shape {base.shape}; use "
+                         "integers") from None
+    if not shape or min(shape) < 1:
+        raise GradcError(f"IndexedBase {base} has shape {shape}: every extent must be >= 1")
+    return shape
 
 
 def ir_shape(m):
@@ -149,11 +176,13 @@ def check_roles(expr, wrt, data, consts, scalar=False):
         if isinstance(syms, sp.Basic):
             raise GradcError(f"{role} must be a sequence of symbols, got the single {syms}")
         for s in syms:
-            if not isinstance(s, (sp.Symbol, sp.MatrixSymbol)):
+            if not isinstance(s, (sp.Symbol, sp.MatrixSymbol, sp.IndexedBase)):
                 raise GradcError(
-                    f"{role} entries must be sympy Symbols or MatrixSymbols; got {short(s)} "
-                    f"of class {type(s).__name__}"
+                    f"{role} entries must be sympy Symbols, MatrixSymbols or IndexedBases; "
+                    f"got {short(s)} of class {type(s).__name__}"
                 )
+            if isinstance(s, sp.IndexedBase):
+                indexed_shape(s)
             if isinstance(s, sp.MatrixSymbol):
                 shape = matrix_shape(s)
                 if role == "data" and 1 not in shape:
@@ -178,11 +207,20 @@ def check_roles(expr, wrt, data, consts, scalar=False):
             f"expected a scalar sympy expression, got {short(expr)} of class {type(expr).__name__}"
         )
     for node in postorder(expr):
-        if isinstance(node, ExprWithLimits):  # Integral, Sum, Product...
+        if isinstance(node, ExprWithLimits) and not isinstance(node, sp.Sum):  # Integral, Product
             raise GradcError(
                 f"unsupported sympy class {type(node).__name__} in subexpression {short(node)}"
             )
+    _check_sum_bounds(expr, roles)
     missing = [s for s in free_symbols(expr) if s not in roles]
+    for node in postorder(expr) if missing else ():
+        if isinstance(node, sp.Indexed):
+            free = sorted({str(s) for i in node.indices for s in sp.sympify(i).free_symbols
+                           if s in missing}, key=str)
+            if free:
+                raise GradcError(
+                    f"free index {', '.join(free)} in {short(node)}: bind it with a Sum (or "
+                    "the Lambda of a FunctionMatrix), or use integer indices")
     for s in sorted(missing, key=str):
         raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
     if not wrt:
@@ -190,12 +228,30 @@ def check_roles(expr, wrt, data, consts, scalar=False):
     return tuple(wrt), tuple(data), tuple(consts)
 
 
+def _check_sum_bounds(expr, roles):
+    """A Sum bound that uses a symbol other than a summation index is symbolic: refused
+    here, with its own message (an index of an enclosing Sum is checked when lowered)."""
+    sums = [n for n in postorder(expr) if isinstance(n, sp.Sum)]
+    indices = {lim[0] for n in sums for lim in n.limits}
+    for node in sums:
+        for lim in node.limits:
+            for bnd in lim[1:]:
+                bad = sorted(bnd.free_symbols - indices, key=str)
+                if bad:
+                    raise GradcError(
+                        f"{short(node)}: the bound {bnd} of index {lim[0]} is symbolic "
+                        f"({', '.join(map(str, bad))}); Sum ranges must be integers or affine "
+                        "in the enclosing indices")
+
+
 class Lowerer:
     """Post-order lowering of one expression DAG into a :class:`Builder`."""
 
     def __init__(self, builder: Builder, env: dict, lazy=None):
         self.b = builder
-        self.memo = dict(env)  # sympy expr -> atom
+        # IndexedBase inputs are read only through indices (gradc.indexed)
+        self.bases = {s: v for s, v in env.items() if isinstance(s, sp.IndexedBase)}
+        self.memo = {s: v for s, v in env.items() if not isinstance(s, sp.IndexedBase)}
         self.lazy = lazy or {}  # symbol -> function emitting its value on first use
         self.reroll = None  # a gradc.reroll.Reroller for scalar models
 
@@ -435,6 +491,25 @@ class Lowerer:
         z, label = self.memo[node.args[0]], self.memo[node.args[1]]
         return ap.pick(self.b, z, label)
 
+    # -- indexed expressions (gradc.indexed) -----------------------------------------------
+    def _indexed(self):
+        if getattr(self, "_ix", None) is None:
+            self._ix = IndexLowerer(self)
+        return self._ix
+
+    def _lower_Sum(self, node):
+        return self._indexed().lower_sum(node)
+
+    def _lower_Indexed(self, node):
+        return self._indexed().lower_indexed(node)
+
+    def _lower_FunctionMatrix(self, node):
+        return self._indexed().lower_function_matrix(node)
+
+    def _lower_IndexedBase(self, node):
+        raise GradcError(f"IndexedBase {node} used without indices: write {node}[i, ...] "
+                         "inside a Sum")
+
     def _lower_Derivative(self, node):
         raise GradcError(
             f"unsupported sympy class Derivative in {short(node)}: call .doit() first"
@@ -485,9 +560,9 @@ def is_scalar_model(expr, wrt, data=(), consts=()) -> bool:
     model is lowered with its parameters as one vector (``lower(..., packed=True)``)."""
     if isinstance(expr, sp.MatrixExpr):
         return False
-    if any(isinstance(s, sp.MatrixSymbol) for s in (*wrt, *data, *consts)):
+    if any(isinstance(s, (sp.MatrixSymbol, sp.IndexedBase)) for s in (*wrt, *data, *consts)):
         return False
-    return not any(isinstance(n, sp.MatrixExpr) or getattr(n, "gradc_operands", None)
+    return not any(isinstance(n, (sp.MatrixExpr, *INDEXED)) or getattr(n, "gradc_operands", None)
                    for n in postorder(expr))
 
 
@@ -533,7 +608,8 @@ def lower(expr, wrt, data=(), consts=(), reduce=None, packed=False, checked=Fals
         roles = (("param", wrt), ("data", data), ("const", consts))
     for role, syms in roles:
         for i, s in enumerate(syms):
-            shape = ir_shape(s) if isinstance(s, sp.MatrixSymbol) else ()
+            shape = ir_shape(s) if isinstance(s, sp.MatrixSymbol) else \
+                indexed_shape(s) if isinstance(s, sp.IndexedBase) else ()
             env[s] = b.add_input(role, str(s), i, shape)
     lowerer = Lowerer(b, env, lazy)
     if packed:

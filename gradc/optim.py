@@ -1,27 +1,51 @@
-"""Training utilities: learning-rate schedules, gradient clipping, SGD and a fit loop.
+"""Training utilities: learning-rate schedules, gradient clipping, optimizers and a fit loop.
 
 Contract
 --------
 * **Schedules** (:class:`constant`, :class:`staircase`, :class:`cosine`) are
   frozen, hashable objects.  Calling one with a 0-based integer step returns
   the learning rate for that step as a Python ``float``.
+* **Optimizers** (:class:`SGD`, :class:`Adam`, :class:`RMSprop`, all
+  :class:`Optimizer` subclasses) take ``lr`` as a positive float or a schedule,
+  evaluated at the 0-based ``step_count``; ``step(params, grad)`` returns the
+  learning rate it used.  Their per-parameter buffers (``state``) are allocated
+  at the first step and are shaped like the parameters; a later step with other
+  shapes is an error until ``reset()``.
 * **Parameters** are either one C-contiguous ``float64`` numpy array (any
-  shape, usually flat) or a list/tuple of such arrays.  :meth:`SGD.step`
-  updates them **in place**; arrays that cannot be updated in place
+  shape, usually flat) or a list/tuple of such arrays.  ``step`` updates them
+  **in place**; arrays that cannot be updated in place
   (wrong dtype, non-contiguous, read-only) are rejected with a
   :class:`~gradc.errors.GradcError` naming the offending index.
 * **Gradients** have the same structure and shapes as the parameters.  Any
   real dtype is accepted (converted to contiguous ``float64``); gradients are
   never modified.
-* One SGD step is, per element, with ``s`` the clip factor
-  ``min(1, clip_norm / ||g||)`` (global norm over all arrays)::
+* Every optimizer first takes, per element, ``g = s * grad`` with ``s`` the clip
+  factor ``min(1, clip_norm / ||grad||)`` (global norm over all arrays; 1 without
+  ``clip_norm``), and ``lr`` of the current step.  One SGD step is::
 
-      d = s * g + weight_decay * p
+      d = g + weight_decay * p
       v = momentum * v + d                      # only if momentum > 0
       d = d + momentum * v  if nesterov else v  # only if momentum > 0
       p = p - lr * d
 
-  The loop is a single fused numba kernel, :func:`_sgd_update`.
+  One Adam step (Kingma & Ba 2015, Algorithm 1), with ``t = step_count + 1``::
+
+      g = g + weight_decay * p                  # only if not decoupled (L2)
+      p = p - lr * weight_decay * p             # only if decoupled (AdamW)
+      m = beta1 * m + (1 - beta1) * g
+      v = beta2 * v + (1 - beta2) * g**2
+      p = p - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
+
+  One RMSprop step (as ``torch.optim.RMSprop``, not centred)::
+
+      g = g + weight_decay * p
+      s = alpha * s + (1 - alpha) * g**2
+      d = g / (sqrt(s) + eps)
+      b = momentum * b + d;  d = b              # only if momentum > 0
+      p = p - lr * d
+
+  Each loop is a single fused numba kernel per array: :func:`_sgd_update`,
+  :func:`_adam_update`, :func:`_rmsprop_update`.
 * :func:`fit` runs mini-batch epochs over arrays batched on axis 0, stops
   with an error on a non-finite loss, and returns a :class:`History`.
 
@@ -42,7 +66,7 @@ from tqdm import tqdm
 from gradc.errors import GradcError
 
 __all__ = ["Schedule", "constant", "staircase", "cosine", "clip_by_global_norm",
-           "SGD", "History", "fit"]
+           "Optimizer", "SGD", "Adam", "RMSprop", "History", "fit"]
 
 
 def _error(msg):
@@ -293,6 +317,139 @@ def clip_by_global_norm(grad, max_norm):
     return (clipped[0] if single else clipped), norm
 
 
+# ---------------------------------------------------------------- optimizers
+def _unit_interval(name, value):
+    """Validate a real coefficient in ``[0, 1)`` and return it as float."""
+    out = _real(name, value, nonneg=True)
+    if out >= 1.0:
+        raise _error(f"{name} must be in [0, 1), got {value!r}")
+    return out
+
+
+def _schedule(lr):
+    """A callable ``step -> lr`` from a schedule/callable or a positive float."""
+    return lr if callable(lr) else constant(lr)
+
+
+class Optimizer:
+    """Base class of :class:`SGD`, :class:`Adam` and :class:`RMSprop`.
+
+    It holds the learning-rate ``schedule``, ``weight_decay``, ``clip_norm`` and
+    ``step_count``, and implements :meth:`step`: validate ``params`` and ``grad``
+    (see the module docstring), allocate the per-parameter state buffers at the
+    first step (flat ``float64`` arrays), compute the global-norm clip factor,
+    evaluate the schedule at ``step_count`` and call the subclass's update.
+
+    Subclasses implement ``_allocate(sizes) -> {name: list of flat arrays or None}``
+    (the buffer names, in the order :attr:`state` lists them) and
+    ``_update(ps, gs, lr, scale)`` on flat views, with the buffers in ``self._buffers``.
+
+    Examples
+    --------
+    >>> all(isinstance(o, Optimizer) for o in (SGD(), Adam(), RMSprop()))
+    True
+    """
+
+    def _init_common(self, weight_decay, clip_norm):
+        self.weight_decay = _real("weight_decay", weight_decay, nonneg=True)
+        self.clip_norm = None if clip_norm is None else _real("clip_norm", clip_norm, positive=True)
+        self.reset()
+
+    def _lr_repr(self):
+        return self.schedule.lr if isinstance(self.schedule, constant) else self.schedule
+
+    def _allocate(self, sizes):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _update(self, ps, gs, lr, scale):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reset(self):
+        """Forget the state buffers and restart the step counter at 0."""
+        self._buffers = None
+        self._shapes = None
+        self._single = None
+        self.step_count = 0
+
+    @property
+    def state(self):
+        """``{"step_count": int, <buffer name>: arrays or None, ...}`` (live buffers)."""
+        out = {"step_count": self.step_count}
+        if self._buffers is None:
+            out.update(dict.fromkeys(self._allocate([])))
+            return out
+        for name, bufs in self._buffers.items():
+            if bufs is not None:
+                bufs = [b.reshape(s) for b, s in zip(bufs, self._shapes)]
+                bufs = bufs[0] if self._single else bufs
+            out[name] = bufs
+        return out
+
+    def lr_at(self, step):
+        """Learning rate used at (0-based) ``step``, as a float."""
+        lr = float(self.schedule(step))
+        if not (math.isfinite(lr) and lr >= 0.0):
+            raise _error(f"learning-rate schedule returned {lr!r} at step {step}; need finite >= 0")
+        return lr
+
+    def _check(self, params, grad):
+        """Validate ``params``/``grad``, allocate state; return (params, grads, clip scale)."""
+        ps, single = _as_list(params, "params")
+        for i, p in enumerate(ps):
+            name = _label("params", i, single)
+            if not isinstance(p, np.ndarray):
+                raise _error(f"{name} must be a numpy array (updated in place), got {type(p).__name__}")
+            if p.dtype != np.float64:
+                raise _error(f"{name} with shape {p.shape} has dtype {p.dtype}; need float64")
+            if not p.flags.c_contiguous:
+                raise _error(f"{name} with shape {p.shape} is not C-contiguous; in-place update "
+                             "needs np.ascontiguousarray(...) (and keep that array)")
+            if not p.flags.writeable:
+                raise _error(f"{name} with shape {p.shape} is read-only")
+        if len(ps) > 1:  # overlapping arrays would be updated twice
+            spans = sorted((p.ctypes.data, p.ctypes.data + p.nbytes, i) for i, p in enumerate(ps) if p.size)
+            for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+                if start < end:
+                    raise _error(f"params[{min(i, j)}] and params[{max(i, j)}] share memory; "
+                                 "each parameter must be a separate array")
+        gs, gsingle = _grad_arrays(grad)
+        if gsingle != single or len(gs) != len(ps):
+            raise _error(f"grad structure ({'array' if gsingle else f'{len(gs)} arrays'}) does not "
+                         f"match params ({'array' if single else f'{len(ps)} arrays'})")
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            if g.shape != p.shape:
+                raise _error(f"{_label('grad', i, single)} has shape {g.shape}, "
+                             f"but {_label('params', i, single)} has shape {p.shape}")
+        shapes = [p.shape for p in ps]
+        if self._shapes is None:
+            self._shapes, self._single = shapes, single
+            self._buffers = self._allocate([p.size for p in ps])
+        elif shapes != self._shapes or single != self._single:
+            raise _error(f"params shapes {shapes} differ from the previous step's {self._shapes}; "
+                         "call reset() to start over")
+        scale = 1.0
+        if self.clip_norm is not None:
+            norm = _global_norm(gs)
+            if norm > self.clip_norm:
+                scale = self.clip_norm / norm
+        return ps, gs, scale
+
+    def step(self, params, grad):
+        """Apply one update to ``params`` in place; return the learning rate used."""
+        ps, gs, scale = self._check(params, grad)
+        lr = self.lr_at(self.step_count)
+        self._update([p.reshape(-1) for p in ps], [g.reshape(-1) for g in gs], lr, scale)
+        self.step_count += 1
+        return lr
+
+
+def _zeros(sizes):
+    return [np.zeros(n) for n in sizes]
+
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
 # ---------------------------------------------------------------- SGD
 @njit(cache=True)
 def _sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, scale):
@@ -317,10 +474,7 @@ def _sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, scale):
         p[i] = p[i] - lr * d
 
 
-_EMPTY = np.empty(0, dtype=np.float64)
-
-
-class SGD:
+class SGD(Optimizer):
     """Stochastic gradient descent with momentum, weight decay and clipping.
 
     Parameters
@@ -359,98 +513,219 @@ class SGD:
     """
 
     def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
-        if callable(lr):
-            self.schedule = lr
-        else:
-            self.schedule = constant(lr)
-        self.momentum = _real("momentum", momentum, nonneg=True)
-        if self.momentum >= 1.0:
-            raise _error(f"momentum must be in [0, 1), got {momentum!r}")
+        self.schedule = _schedule(lr)
+        self.momentum = _unit_interval("momentum", momentum)
         if not isinstance(nesterov, (bool, np.bool_)):
             raise _error(f"nesterov must be a bool, got {nesterov!r}")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise _error("nesterov=True requires momentum > 0")
-        self.weight_decay = _real("weight_decay", weight_decay, nonneg=True)
-        self.clip_norm = None if clip_norm is None else _real("clip_norm", clip_norm, positive=True)
-        self.reset()
+        self._init_common(weight_decay, clip_norm)
 
     def __repr__(self):
-        lr = self.schedule.lr if isinstance(self.schedule, constant) else self.schedule
-        return (f"SGD(lr={lr!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "
+        return (f"SGD(lr={self._lr_repr()!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "
                 f"weight_decay={self.weight_decay!r}, clip_norm={self.clip_norm!r})")
 
-    def reset(self):
-        """Forget velocity and restart the step counter at 0."""
-        self._velocity = None
-        self._shapes = None
-        self._single = None
-        self.step_count = 0
+    def _allocate(self, sizes):
+        return {"velocity": _zeros(sizes) if self.momentum != 0.0 else None}
 
-    @property
-    def state(self):
-        """The optimizer's state: ``{"step_count": int, "velocity": arrays or None}``."""
-        vel = self._velocity
-        if vel is not None:
-            vel = [v.reshape(s) for v, s in zip(vel, self._shapes)]
-            vel = vel[0] if self._single else vel
-        return {"step_count": self.step_count, "velocity": vel}
-
-    def lr_at(self, step):
-        """Learning rate used at (0-based) ``step``, as a float."""
-        lr = float(self.schedule(step))
-        if not (math.isfinite(lr) and lr >= 0.0):
-            raise _error(f"learning-rate schedule returned {lr!r} at step {step}; need finite >= 0")
-        return lr
-
-    def step(self, params, grad):
-        """Apply one update to ``params`` in place; return the learning rate used."""
-        ps, single = _as_list(params, "params")
-        for i, p in enumerate(ps):
-            name = _label("params", i, single)
-            if not isinstance(p, np.ndarray):
-                raise _error(f"{name} must be a numpy array (updated in place), got {type(p).__name__}")
-            if p.dtype != np.float64:
-                raise _error(f"{name} with shape {p.shape} has dtype {p.dtype}; need float64")
-            if not p.flags.c_contiguous:
-                raise _error(f"{name} with shape {p.shape} is not C-contiguous; in-place update "
-                             "needs np.ascontiguousarray(...) (and keep that array)")
-            if not p.flags.writeable:
-                raise _error(f"{name} with shape {p.shape} is read-only")
-        if len(ps) > 1:  # overlapping arrays would be updated twice
-            spans = sorted((p.ctypes.data, p.ctypes.data + p.nbytes, i) for i, p in enumerate(ps) if p.size)
-            for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
-                if start < end:
-                    raise _error(f"params[{min(i, j)}] and params[{max(i, j)}] share memory; "
-                                 "each parameter must be a separate array")
-        gs, gsingle = _grad_arrays(grad)
-        if gsingle != single or len(gs) != len(ps):
-            raise _error(f"grad structure ({'array' if gsingle else f'{len(gs)} arrays'}) does not "
-                         f"match params ({'array' if single else f'{len(ps)} arrays'})")
+    def _update(self, ps, gs, lr, scale):
+        vel = self._buffers["velocity"]
         for i, (p, g) in enumerate(zip(ps, gs)):
-            if g.shape != p.shape:
-                raise _error(f"{_label('grad', i, single)} has shape {g.shape}, "
-                             f"but {_label('params', i, single)} has shape {p.shape}")
-        shapes = [p.shape for p in ps]
-        if self._shapes is None:
-            self._shapes, self._single = shapes, single
-            if self.momentum != 0.0:
-                self._velocity = [np.zeros(p.size) for p in ps]
-        elif shapes != self._shapes or single != self._single:
-            raise _error(f"params shapes {shapes} differ from the previous step's {self._shapes}; "
-                         "call reset() to start over")
-        scale = 1.0
-        if self.clip_norm is not None:
-            norm = _global_norm(gs)
-            if norm > self.clip_norm:
-                scale = self.clip_norm / norm
-        lr = self.lr_at(self.step_count)
-        for i, (p, g) in enumerate(zip(ps, gs)):
-            v = _EMPTY if self._velocity is None else self._velocity[i]
-            _sgd_update(p.reshape(-1), g.reshape(-1), v, lr, self.momentum,
+            _sgd_update(p, g, _EMPTY if vel is None else vel[i], lr, self.momentum,
                         self.nesterov, self.weight_decay, scale)
-        self.step_count += 1
-        return lr
+
+
+# ---------------------------------------------------------------- Adam
+@njit(cache=True)
+def _adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, scale, bc1, bc2):
+    """Fused in-place Adam / AdamW step over flat float64 arrays (see module docstring).
+
+    ``bc1 = 1 - beta1**t`` and ``bc2 = 1 - beta2**t`` are the bias corrections of step ``t``.
+    """
+    for i in range(p.shape[0]):
+        gi = g[i]
+        if scale != 1.0:
+            gi = gi * scale
+        pi = p[i]
+        if weight_decay != 0.0:
+            if decoupled:
+                pi = pi - lr * weight_decay * pi
+            else:
+                gi = gi + weight_decay * pi
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) with bias correction; AdamW with ``decoupled=True``.
+
+    Parameters
+    ----------
+    lr : float or callable, default 1e-3
+        Positive learning rate or a schedule ``step -> lr`` (e.g. :class:`cosine`).
+    beta1 : float, default 0.9
+        Decay rate of the first-moment (mean) estimate, in ``[0, 1)``.
+    beta2 : float, default 0.999
+        Decay rate of the second-moment (uncentred variance) estimate, in ``[0, 1)``.
+    eps : float, default 1e-8
+        Positive term added to ``sqrt(vhat)`` in the denominator.
+    weight_decay : float, default 0.0
+        Non-negative coefficient.  With ``decoupled=False`` it is an L2 penalty
+        added to the (clipped) gradient (as ``torch.optim.Adam``); with
+        ``decoupled=True`` the parameters are shrunk by ``lr * weight_decay * p``
+        separately and the moments never see it (AdamW, Loshchilov & Hutter 2019,
+        as ``torch.optim.AdamW``).
+    decoupled : bool, default False
+        Use decoupled weight decay (AdamW).
+    clip_norm : float or None, default None
+        If given, gradients are scaled to global norm <= ``clip_norm`` first.
+
+    Attributes
+    ----------
+    step_count : int
+        Number of steps taken; step ``k`` (0-based) uses ``lr_at(k)`` and the
+        bias corrections of ``t = k + 1``.
+    state : dict
+        ``{"step_count": int, "m": arrays, "v": arrays}`` (the live first- and
+        second-moment buffers, shaped like the parameters; None before the first step).
+
+    Examples
+    --------
+    The first bias-corrected step moves each entry by about ``lr`` against the
+    sign of its gradient, whatever the gradient's magnitude:
+
+    >>> p = np.array([1.0, -2.0])
+    >>> opt = Adam(lr=0.1)
+    >>> opt.step(p, np.array([0.5, -300.0]))
+    0.1
+    >>> np.round(p, 6), opt.step_count
+    (array([ 0.9, -1.9]), 1)
+    >>> opt.state["m"], opt.state["v"]
+    (array([  0.05, -30.  ]), array([2.5e-04, 9.0e+01]))
+    >>> Adam(lr=1e-3, weight_decay=0.01, decoupled=True)
+    Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.01, decoupled=True, clip_norm=None)
+    """
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 decoupled=False, clip_norm=None):
+        self.schedule = _schedule(lr)
+        self.beta1 = _unit_interval("beta1", beta1)
+        self.beta2 = _unit_interval("beta2", beta2)
+        self.eps = _real("eps", eps, positive=True)
+        if not isinstance(decoupled, (bool, np.bool_)):
+            raise _error(f"decoupled must be a bool, got {decoupled!r}")
+        self.decoupled = bool(decoupled)
+        self._init_common(weight_decay, clip_norm)
+
+    def __repr__(self):
+        return (f"Adam(lr={self._lr_repr()!r}, beta1={self.beta1!r}, beta2={self.beta2!r}, "
+                f"eps={self.eps!r}, weight_decay={self.weight_decay!r}, "
+                f"decoupled={self.decoupled!r}, clip_norm={self.clip_norm!r})")
+
+    def _allocate(self, sizes):
+        return {"m": _zeros(sizes), "v": _zeros(sizes)}
+
+    def _update(self, ps, gs, lr, scale):
+        t = self.step_count + 1
+        bc1 = 1.0 - self.beta1 ** t
+        bc2 = 1.0 - self.beta2 ** t
+        ms, vs = self._buffers["m"], self._buffers["v"]
+        for p, g, m, v in zip(ps, gs, ms, vs):
+            _adam_update(p, g, m, v, lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                         self.decoupled, scale, bc1, bc2)
+
+
+# ---------------------------------------------------------------- RMSprop
+@njit(cache=True)
+def _rmsprop_update(p, g, s, b, lr, alpha, eps, momentum, weight_decay, scale):
+    """Fused in-place RMSprop step over flat float64 arrays (see module docstring).
+
+    ``b`` is only read/written when ``momentum != 0`` (it may be empty then).
+    """
+    use_b = momentum != 0.0
+    for i in range(p.shape[0]):
+        gi = g[i]
+        if scale != 1.0:
+            gi = gi * scale
+        if weight_decay != 0.0:
+            gi = gi + weight_decay * p[i]
+        si = alpha * s[i] + (1.0 - alpha) * (gi * gi)
+        s[i] = si
+        d = gi / (math.sqrt(si) + eps)
+        if use_b:
+            d = momentum * b[i] + d
+            b[i] = d
+        p[i] = p[i] - lr * d
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton, 2012), as ``torch.optim.RMSprop`` with ``centered=False``.
+
+    Parameters
+    ----------
+    lr : float or callable, default 1e-2
+        Positive learning rate or a schedule ``step -> lr`` (e.g. :class:`cosine`).
+    alpha : float, default 0.99
+        Decay rate of the running mean of squared gradients, in ``[0, 1)``.
+    eps : float, default 1e-8
+        Positive term added to ``sqrt(s)`` in the denominator.
+    momentum : float, default 0.0
+        Coefficient in ``[0, 1)`` of a momentum buffer on the scaled step.
+    weight_decay : float, default 0.0
+        Non-negative L2 coefficient, added to the (clipped) gradient.
+    clip_norm : float or None, default None
+        If given, gradients are scaled to global norm <= ``clip_norm`` first.
+
+    Attributes
+    ----------
+    step_count : int
+        Number of steps taken; the schedule is evaluated at this step.
+    state : dict
+        ``{"step_count": int, "square_avg": arrays, "velocity": None | arrays}``
+        (the live buffers, shaped like the parameters; ``velocity`` only with
+        momentum).
+
+    Examples
+    --------
+    With no history, ``s = (1 - alpha) g**2``, so the first step is about
+    ``lr / sqrt(1 - alpha)`` against the sign of the gradient:
+
+    >>> p = np.array([1.0, -2.0])
+    >>> opt = RMSprop(lr=0.01, alpha=0.99)
+    >>> opt.step(p, np.array([0.5, -300.0]))
+    0.01
+    >>> np.round(p, 6), opt.state["velocity"] is None
+    (array([ 0.9, -1.9]), True)
+    >>> RMSprop(momentum=0.9)
+    RMSprop(lr=0.01, alpha=0.99, eps=1e-08, momentum=0.9, weight_decay=0.0, clip_norm=None)
+    """
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0,
+                 clip_norm=None):
+        self.schedule = _schedule(lr)
+        self.alpha = _unit_interval("alpha", alpha)
+        self.eps = _real("eps", eps, positive=True)
+        self.momentum = _unit_interval("momentum", momentum)
+        self._init_common(weight_decay, clip_norm)
+
+    def __repr__(self):
+        return (f"RMSprop(lr={self._lr_repr()!r}, alpha={self.alpha!r}, eps={self.eps!r}, "
+                f"momentum={self.momentum!r}, weight_decay={self.weight_decay!r}, "
+                f"clip_norm={self.clip_norm!r})")
+
+    def _allocate(self, sizes):
+        return {"square_avg": _zeros(sizes),
+                "velocity": _zeros(sizes) if self.momentum != 0.0 else None}
+
+    def _update(self, ps, gs, lr, scale):
+        ss, bs = self._buffers["square_avg"], self._buffers["velocity"]
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            _rmsprop_update(p, g, ss[i], _EMPTY if bs is None else bs[i], lr, self.alpha,
+                            self.eps, self.momentum, self.weight_decay, scale)
 
 
 # ---------------------------------------------------------------- fit
@@ -513,8 +788,8 @@ def fit(value_and_grad, params, data=(), *, optimizer, epochs=1, batch_size=None
     data : tuple of ndarray, default ()
         Arrays with a common length on axis 0 (a single array is allowed).
         With no data, each epoch is one call ``value_and_grad(params, *consts)``.
-    optimizer : SGD
-        Any object with ``step(params, grad)`` returning the learning rate.
+    optimizer : SGD, Adam, RMSprop or any object with ``step(params, grad)``
+        Updates ``params`` in place; ``step`` returns the learning rate (or None).
     epochs : int, default 1
     batch_size : int or None, default None
         Rows per batch (the last batch may be smaller); None = full batch.

@@ -317,8 +317,11 @@ def explicit(expr):
     """
     from . import nn
     from .frontend import postorder
+    from .indexed import INDEXED
 
     elements, done = {}, {}
+    if any(isinstance(n, INDEXED) for n in postorder(expr)):
+        expr = _expand_indexed(expr, elements)
     for node in postorder(expr):
         if isinstance(node, sp.MatrixSymbol):
             r, c = (int(d) for d in node.shape)
@@ -353,6 +356,37 @@ def explicit(expr):
     return out, elements
 
 
+def _expand_indexed(expr, elements):
+    """``expr`` with every ``FunctionMatrix`` made explicit, every ``Sum`` expanded by
+    sympy's ``doit`` and every ``x[i, j]`` at integer indices replaced by the real symbol
+    ``x_i_j``; ``elements[x]`` gets the symbols of ``x`` in row-major order."""
+    import itertools
+
+    from sympy.matrices.expressions.funcmatrix import FunctionMatrix
+
+    from .frontend import postorder
+
+    rep = {n: sp.ImmutableMatrix(n.as_explicit()) for n in postorder(expr)
+           if isinstance(n, FunctionMatrix)}
+    if rep:
+        expr = expr.xreplace(rep)
+    expr = expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: e.doit())
+    if isinstance(expr, sp.MatrixBase):
+        expr = expr.applyfunc(lambda v: v.replace(lambda e: isinstance(e, sp.Sum),
+                                                  lambda e: e.doit()))
+    bases = {n for n in postorder(expr) if isinstance(n, sp.IndexedBase)}
+    table = {}
+    for base in bases:
+        shape = tuple(int(d) for d in base.shape)
+        syms = []
+        for idx in itertools.product(*(range(d) for d in shape)):
+            sym = sp.Symbol(f"{base.label}_" + "_".join(map(str, idx)), real=True)
+            table[base[idx]] = sym
+            syms.append(sym)
+        elements[base] = syms
+    return expr.xreplace(table)
+
+
 def _flat_symbols(syms, elements):
     out = []
     for s in syms:
@@ -374,7 +408,8 @@ def check_against_sympy(fn, params, *args, rtol=1e-10, atol=1e-12):
     >>> fn = gradc.compile(sp.tanh(w * x) ** 2, wrt=[w], data=[x], jit=False)
     >>> check_against_sympy(fn, [0.7], np.array([0.1, -2.0, 3.0]))
     """
-    if fn.scalar_params and not any(isinstance(s, sp.MatrixSymbol) for s in fn.data + fn.consts):
+    if fn.scalar_params and not any(isinstance(s, (sp.MatrixSymbol, sp.IndexedBase))
+                                    for s in fn.data + fn.consts):
         ref = sympy_oracle(fn.expr, fn.wrt, fn.data, fn.consts, fn.reduce)
         v_ref, g_ref = ref(np.asarray(params, dtype=np.float64), *args)
         v, g = fn.value_and_grad(params, *args)
@@ -390,6 +425,7 @@ def check_against_sympy(fn, params, *args, rtol=1e-10, atol=1e-12):
     cols = []
     for s, a in zip(fn.data, args[: len(fn.data)]):
         a = np.asarray(a, dtype=np.float64)
+        a = a.reshape(a.shape[0], -1) if s in elements else a
         cols += [a[:, k] for k in range(a.shape[1])] if s in elements else [a]
     for s, a in zip(fn.consts, args[len(fn.data):]):
         cols += list(np.ravel(np.asarray(a, dtype=np.float64))) if s in elements else [a]

@@ -1,4 +1,4 @@
-"""Tests for gradc.optim: schedules, clipping, SGD and the fit loop."""
+"""Tests for gradc.optim: schedules, clipping, SGD, Adam, RMSprop and the fit loop."""
 import math
 
 import numpy as np
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradc.errors import GradcError
-from gradc.optim import (SGD, History, _sgd_update, clip_by_global_norm, constant, cosine,
-                         fit, staircase)
+from gradc.optim import (SGD, Adam, History, Optimizer, RMSprop, _adam_update, _rmsprop_update,
+                         _sgd_update, clip_by_global_norm, constant, cosine, fit, staircase)
 
 
 # ---------------------------------------------------------------- schedules
@@ -385,3 +385,346 @@ def test_history_repr_empty():
     h = History(np.array([]), np.array([]), np.array([]))
     assert repr(h) == "History(steps=0, epochs=0, first_loss=nan, final_loss=nan, stopped_early=False)"
     assert math.isnan(h.final_loss)
+
+
+# ---------------------------------------------------------------- Adam / RMSprop
+# Reference implementations of the published update rules, written out in numpy on lists
+# of arrays (independently of gradc's kernels).  ``lr`` is a float or ``step -> lr``.
+def _clip_ref(gs, clip):
+    if clip is None:
+        return gs, False
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in gs))
+    return ([g * (clip / norm) for g in gs], True) if norm > clip else (gs, False)
+
+
+def adam_reference(ps, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0, decoupled=False,
+                   clip=None):
+    """Kingma & Ba (2015) Algorithm 1; L2 decay as torch.optim.Adam, decoupled as AdamW."""
+    ps = [np.array(p, dtype=float) for p in ps]
+    m = [np.zeros_like(p) for p in ps]
+    v = [np.zeros_like(p) for p in ps]
+    n_clipped = 0
+    for k, gs in enumerate(grads):
+        t = k + 1
+        a = lr(k) if callable(lr) else lr
+        gs, c = _clip_ref(gs, clip)
+        n_clipped += c
+        for j, g in enumerate(gs):
+            if decoupled:
+                ps[j] = ps[j] - a * wd * ps[j]
+            else:
+                g = g + wd * ps[j]
+            m[j] = beta1 * m[j] + (1 - beta1) * g
+            v[j] = beta2 * v[j] + (1 - beta2) * g ** 2
+            mhat = m[j] / (1 - beta1 ** t)
+            vhat = v[j] / (1 - beta2 ** t)
+            ps[j] = ps[j] - a * mhat / (np.sqrt(vhat) + eps)
+    return ps, m, v, n_clipped
+
+
+def rmsprop_reference(ps, grads, lr, alpha=0.99, eps=1e-8, momentum=0.0, wd=0.0, clip=None):
+    """Hinton's RMSprop as torch.optim.RMSprop(centered=False)."""
+    ps = [np.array(p, dtype=float) for p in ps]
+    s = [np.zeros_like(p) for p in ps]
+    b = [np.zeros_like(p) for p in ps]
+    n_clipped = 0
+    for k, gs in enumerate(grads):
+        a = lr(k) if callable(lr) else lr
+        gs, c = _clip_ref(gs, clip)
+        n_clipped += c
+        for j, g in enumerate(gs):
+            g = g + wd * ps[j]
+            s[j] = alpha * s[j] + (1 - alpha) * g ** 2
+            if momentum > 0:
+                b[j] = momentum * b[j] + g / (np.sqrt(s[j]) + eps)
+                ps[j] = ps[j] - a * b[j]
+            else:
+                ps[j] = ps[j] - a * g / (np.sqrt(s[j]) + eps)
+    return ps, s, b, n_clipped
+
+
+# Gradient magnitudes vary over the steps, so a clip_norm of 1 clips some steps, not others.
+_SCALES = [3.0, 0.05, 1.0, 10.0, 0.2, 2.0, 0.01, 5.0]
+
+
+def _grad_sequence(seed, n=20):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=n), [rng.normal(size=n) * sc for sc in _SCALES]
+
+
+def _run(opt, p0, grads):
+    p = p0.copy()
+    lrs = []
+    for g in grads:
+        g_before = g.copy()
+        lrs.append(opt.step(p, g))
+        np.testing.assert_array_equal(g, g_before)  # gradients are never modified
+    return p, lrs
+
+
+def test_adaptive_kernels_are_numba():
+    from numba.core.registry import CPUDispatcher
+    assert isinstance(_adam_update, CPUDispatcher) and isinstance(_rmsprop_update, CPUDispatcher)
+    assert all(isinstance(o, Optimizer) for o in (SGD(), Adam(), RMSprop()))
+
+
+@pytest.mark.parametrize("kw, clip, sched", [
+    (dict(), None, False),
+    (dict(wd=0.05), None, False),
+    (dict(wd=0.05, decoupled=True), None, False),
+    (dict(beta1=0.0, beta2=0.5, eps=1e-3), None, False),
+    (dict(wd=0.01), 1.0, False),
+    (dict(wd=0.1, decoupled=True), 1.0, True),
+    (dict(), None, True),
+])
+def test_adam_matches_algorithm_1(kw, clip, sched):
+    p0, grads = _grad_sequence(4)
+    lr = staircase(0.05, [3, 6], factor=0.3) if sched else 0.05
+    ref, m, v, n_clipped = adam_reference([p0], [[g] for g in grads], lr, clip=clip, **kw)
+    if clip is not None:
+        assert 0 < n_clipped < len(grads)
+    opt = Adam(lr=lr, beta1=kw.get("beta1", 0.9), beta2=kw.get("beta2", 0.999),
+               eps=kw.get("eps", 1e-8), weight_decay=kw.get("wd", 0.0),
+               decoupled=kw.get("decoupled", False), clip_norm=clip)
+    p, lrs = _run(opt, p0, grads)
+    np.testing.assert_allclose(p, ref[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(opt.state["m"], m[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(opt.state["v"], v[0], rtol=1e-12, atol=1e-15)
+    assert lrs == [opt.lr_at(k) for k in range(len(grads))]
+    assert opt.step_count == len(grads)
+    assert not np.allclose(p, p0, atol=1e-3)
+
+
+def test_adam_first_steps_and_decay_modes_by_hand():
+    # t=1: mhat = g, vhat = g**2, so the step is lr * g / (|g| + eps) ~ lr * sign(g)
+    p = np.array([1.0, -1.0, 2.0])
+    g = np.array([1e-3, 5.0, -1e4])
+    Adam(lr=0.1).step(p, g)
+    np.testing.assert_allclose(p, [1.0, -1.0, 2.0] - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-14)
+    np.testing.assert_allclose(p, [0.9, -1.1, 2.1], rtol=2e-6)
+    # t=2 with g2 = -g1 and beta1=0.5, beta2=0.75: m = 0.5*0.5*g - 0.5*g = -0.25 g,
+    # mhat = -0.25 g / 0.75 = -g/3; v = 0.75*0.25 g^2 + 0.25 g^2 = 0.4375 g^2,
+    # vhat = 0.4375 g^2 / 0.4375 = g^2  ->  second step = +lr/3 * sign(g)
+    p = np.zeros(2)
+    opt = Adam(lr=0.3, beta1=0.5, beta2=0.75, eps=1e-12)
+    opt.step(p, np.array([2.0, -4.0]))
+    opt.step(p, np.array([-2.0, 4.0]))
+    np.testing.assert_allclose(p, [-0.3 + 0.1, 0.3 - 0.1], rtol=1e-10)
+    # zero gradient: AdamW only shrinks p by lr*wd*p; L2 Adam sees g = wd*p and steps ~lr
+    p0 = np.array([2.0, -4.0])
+    pw = p0.copy()
+    Adam(lr=0.1, weight_decay=0.5, decoupled=True).step(pw, np.zeros(2))
+    np.testing.assert_allclose(pw, p0 * (1 - 0.1 * 0.5), rtol=1e-15)
+    pl = p0.copy()
+    Adam(lr=0.1, weight_decay=0.5).step(pl, np.zeros(2))
+    np.testing.assert_allclose(pl, p0 - 0.1 * np.sign(p0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("kw, clip, sched", [
+    (dict(), None, False),
+    (dict(wd=0.05), None, False),
+    (dict(momentum=0.9), None, False),
+    (dict(momentum=0.5, wd=0.02, alpha=0.9, eps=1e-4), None, False),
+    (dict(momentum=0.9, wd=0.01), 1.0, True),
+    (dict(alpha=0.0), 1.0, False),
+    (dict(), None, True),
+])
+def test_rmsprop_matches_reference(kw, clip, sched):
+    p0, grads = _grad_sequence(5)
+    lr = cosine(0.02, 6, final_lr=0.001) if sched else 0.01
+    ref, s, b, n_clipped = rmsprop_reference([p0], [[g] for g in grads], lr, clip=clip, **kw)
+    if clip is not None:
+        assert 0 < n_clipped < len(grads)
+    opt = RMSprop(lr=lr, alpha=kw.get("alpha", 0.99), eps=kw.get("eps", 1e-8),
+                  momentum=kw.get("momentum", 0.0), weight_decay=kw.get("wd", 0.0), clip_norm=clip)
+    p, lrs = _run(opt, p0, grads)
+    np.testing.assert_allclose(p, ref[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(opt.state["square_avg"], s[0], rtol=1e-12, atol=1e-15)
+    if kw.get("momentum", 0.0) > 0:
+        np.testing.assert_allclose(opt.state["velocity"], b[0], rtol=1e-12, atol=1e-15)
+    else:
+        assert opt.state["velocity"] is None
+    assert lrs == [opt.lr_at(k) for k in range(len(grads))]
+    assert not np.allclose(p, p0, atol=1e-3)
+
+
+def test_rmsprop_first_step_by_hand():
+    # s = (1 - alpha) g^2 = 0.04 g^2: step = lr * g / (0.2 |g|) = 5 lr sign(g); with momentum
+    # the second step with the same g adds momentum * 5 lr + lr * g / sqrt(s2)
+    p = np.array([1.0, -1.0])
+    g = np.array([3.0, -0.5])
+    opt = RMSprop(lr=0.01, alpha=0.96, momentum=0.5, eps=1e-12)
+    opt.step(p, g)
+    np.testing.assert_allclose(p, [0.95, -0.95], rtol=1e-10)
+    opt.step(p, g)
+    s2 = 0.96 * 0.04 + 0.04  # in units of g^2
+    second = 0.5 * 5 + 1 / math.sqrt(s2)
+    np.testing.assert_allclose(p, [0.95 - 0.01 * second, -0.95 + 0.01 * second], rtol=1e-10)
+
+
+@pytest.mark.parametrize("which", ["adam", "adamw", "rmsprop"])
+def test_adaptive_list_params_in_place(which):
+    rng = np.random.default_rng(6)
+    shapes = [(3,), (2, 3), (4, 1, 2), ()]
+    ps = [rng.normal(size=s) for s in shapes]
+    ids = [id(p) for p in ps]
+    p0 = [p.copy() for p in ps]
+    grads = [[rng.normal(size=s) * sc for s in shapes] for sc in _SCALES[:5]]
+    if which == "rmsprop":
+        opt = RMSprop(lr=0.01, momentum=0.8, weight_decay=0.1, clip_norm=1.5)
+        ref, s, b, n_clipped = rmsprop_reference(p0, grads, 0.01, momentum=0.8, wd=0.1, clip=1.5)
+        bufs = {"square_avg": s, "velocity": b}
+    else:
+        dec = which == "adamw"
+        opt = Adam(lr=0.05, weight_decay=0.1, decoupled=dec, clip_norm=1.5)
+        ref, m, v, n_clipped = adam_reference(p0, grads, 0.05, wd=0.1, decoupled=dec, clip=1.5)
+        bufs = {"m": m, "v": v}
+    assert 0 < n_clipped < len(grads)  # clipping uses the global norm over all arrays
+    for gs in grads:
+        opt.step(ps, gs)
+    assert [id(p) for p in ps] == ids
+    for p, r, shape in zip(ps, ref, shapes):
+        assert p.shape == shape
+        np.testing.assert_allclose(p, r, rtol=1e-12, atol=1e-14)
+    state = opt.state
+    assert list(state) == ["step_count", *bufs] and state["step_count"] == len(grads)
+    for name, expect in bufs.items():
+        assert [a.shape for a in state[name]] == shapes
+        for a, e in zip(state[name], expect):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-15)
+
+
+def test_torch_agrees():
+    torch = pytest.importorskip("torch")
+    p0, grads = _grad_sequence(7)
+    cases = [
+        (Adam(lr=0.05, weight_decay=0.05),
+         lambda t: torch.optim.Adam([t], lr=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)),
+        (Adam(lr=0.05, beta1=0.8, beta2=0.99, weight_decay=0.1, decoupled=True),
+         lambda t: torch.optim.AdamW([t], lr=0.05, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)),
+        (RMSprop(lr=0.01, alpha=0.9, momentum=0.7, weight_decay=0.05),
+         lambda t: torch.optim.RMSprop([t], lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.05,
+                                       momentum=0.7, centered=False)),
+        (RMSprop(lr=0.01),
+         lambda t: torch.optim.RMSprop([t], lr=0.01, alpha=0.99, eps=1e-8)),
+    ]
+    for ours, make in cases:
+        t = torch.tensor(p0.copy(), dtype=torch.float64, requires_grad=True)
+        theirs = make(t)
+        for g in grads:
+            theirs.zero_grad()
+            t.grad = torch.tensor(g, dtype=torch.float64)
+            theirs.step()
+        p, _ = _run(ours, p0, grads)
+        np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=repr(ours))
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(lr=0.1, weight_decay=0.01),
+                                  lambda: RMSprop(lr=0.01, momentum=0.9)])
+def test_adaptive_state_and_reset(make):
+    opt = make()
+    names = ["m", "v"] if isinstance(opt, Adam) else ["square_avg", "velocity"]
+    assert opt.state == {"step_count": 0, **dict.fromkeys(names)}
+    p0, grads = _grad_sequence(8, n=5)
+    p1, _ = _run(opt, p0, grads[:3])
+    st1 = opt.state
+    assert st1["step_count"] == 3 and all(st1[n].shape == (5,) for n in names)
+    assert all(np.shares_memory(st1[n], opt.state[n]) for n in names)  # live buffers
+    with pytest.raises(GradcError, match=r"differ from the previous step's \[\(5,\)\]; call reset"):
+        opt.step(np.ones(4), np.ones(4))
+    assert opt.step_count == 3
+    opt.reset()
+    assert opt.state == {"step_count": 0, **dict.fromkeys(names)}
+    # after reset the run (bias correction, buffers) restarts as a fresh optimizer's
+    p2, _ = _run(opt, p0, grads[:3])
+    np.testing.assert_array_equal(p2, p1)
+    opt.reset()
+    opt.step(np.ones((2, 2)), np.ones((2, 2)))  # other shapes are fine after reset
+    assert opt.state[names[0]].shape == (2, 2)
+
+
+def test_adaptive_repr():
+    assert repr(Adam()) == ("Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0, "
+                            "decoupled=False, clip_norm=None)")
+    assert repr(RMSprop(lr=cosine(0.1, 10), clip_norm=2)) == (
+        "RMSprop(lr=cosine(lr=0.1, total_steps=10, final_lr=0.0), alpha=0.99, eps=1e-08, "
+        "momentum=0.0, weight_decay=0.0, clip_norm=2.0)")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Adam(beta1=1.0), r"beta1 must be in \[0, 1\), got 1.0"),
+    (lambda: Adam(beta1=-0.1), "beta1 must be non-negative"),
+    (lambda: Adam(beta2=1), r"beta2 must be in \[0, 1\), got 1"),
+    (lambda: Adam(beta2=float("nan")), "beta2 must be finite"),
+    (lambda: Adam(eps=0.0), "eps must be positive"),
+    (lambda: Adam(eps="1e-8"), "eps must be a real number"),
+    (lambda: Adam(decoupled=1), "decoupled must be a bool"),
+    (lambda: Adam(weight_decay=-0.1), "weight_decay must be non-negative"),
+    (lambda: Adam(clip_norm=0.0), "clip_norm must be positive"),
+    (lambda: Adam(lr=0.0), "lr must be positive"),
+    (lambda: RMSprop(alpha=1.0), r"alpha must be in \[0, 1\)"),
+    (lambda: RMSprop(alpha=-0.5), "alpha must be non-negative"),
+    (lambda: RMSprop(eps=-1e-8), "eps must be positive"),
+    (lambda: RMSprop(momentum=1.0), r"momentum must be in \[0, 1\)"),
+    (lambda: RMSprop(momentum=True), "momentum must be a real number"),
+    (lambda: RMSprop(weight_decay=float("inf")), "weight_decay must be finite"),
+    (lambda: RMSprop(clip_norm=-1), "clip_norm must be positive"),
+    (lambda: RMSprop(lr=-0.1), "lr must be positive"),
+])
+def test_adaptive_constructor_validation(make, match):
+    with pytest.raises(GradcError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("cls", [Adam, RMSprop])
+def test_adaptive_step_validation(cls):
+    with pytest.raises(GradcError, match=r"params\[1\] with shape \(4, 2\) is not C-contiguous"):
+        cls().step([np.ones(2), np.ones((4, 4))[:, ::2]], [np.ones(2), np.ones((4, 2))])
+    with pytest.raises(GradcError, match=r"params with shape \(3,\) has dtype float32"):
+        cls().step(np.ones(3, np.float32), np.ones(3))
+    with pytest.raises(GradcError, match=r"grad has shape \(3,\), but params has shape \(2,\)"):
+        cls().step(np.ones(2), np.ones(3))
+    with pytest.raises(GradcError, match="does not match params"):
+        cls().step(np.ones(2), [np.ones(2)])
+    with pytest.raises(GradcError, match=r"grad\[0\] must be a real array"):
+        cls().step([np.ones(2)], [np.ones(2, complex)])
+    buf = np.ones(6)
+    with pytest.raises(GradcError, match=r"params\[0\] and params\[1\] share memory"):
+        cls().step([buf[:4], buf[3:]], [np.ones(4), np.ones(3)])
+    np.testing.assert_array_equal(buf, 1.0)
+    with pytest.raises(GradcError, match="NaN or inf"):
+        cls(clip_norm=1.0).step(np.ones(2), np.array([1.0, np.nan]))
+    p = np.ones(2)
+    opt = cls(lr=lambda step: 0.1 if step == 0 else math.nan)
+    assert opt.step(p, np.ones(2)) == 0.1
+    before = p.copy()
+    with pytest.raises(GradcError, match="schedule returned nan at step 1"):
+        opt.step(p, np.ones(2))
+    np.testing.assert_array_equal(p, before)
+    assert opt.step_count == 1
+
+
+def test_fit_with_adam_and_rmsprop_on_quadratic():
+    # ill-conditioned quadratic: curvatures 1 .. 1000, minimum at c
+    a = np.array([1.0, 10.0, 100.0, 1000.0])
+    c = np.array([1.0, -2.0, 0.5, 3.0])
+
+    def vg(w):
+        r = w - c
+        return 0.5 * float(a @ (r * r)), a * r
+
+    for opt in (Adam(lr=cosine(0.2, 300)), RMSprop(lr=cosine(0.05, 300), momentum=0.5)):
+        w = np.zeros(4)
+        h = fit(vg, w, optimizer=opt, epochs=300, progress=False)
+        assert h.losses.shape == (300,) and h.losses[0] == pytest.approx(4533.0)
+        assert h.final_loss < 1e-6 * h.losses[0], repr(opt)
+        np.testing.assert_allclose(w, c, atol=1e-3)
+        np.testing.assert_array_equal(h.lrs, [opt.lr_at(k) for k in range(300)])
+    # mini-batch least squares with Adam
+    X, y, vgl = _least_squares()
+    w_star = np.linalg.lstsq(X, y, rcond=None)[0]
+    w = np.zeros(X.shape[1])
+    h = fit(vgl, w, (X, y), optimizer=Adam(lr=cosine(0.05, 60 * 8)), epochs=60, batch_size=16,
+            progress=False)
+    assert h.epoch_losses[-1] < 0.1 * h.epoch_losses[0]
+    np.testing.assert_allclose(w, w_star, atol=5e-3)

@@ -19,7 +19,7 @@ the product itself).  Reductions call :mod:`gradc.codegen.runtime`.
 from __future__ import annotations
 
 from ..errors import GradcError
-from ..ir import Lit, Var, type_of
+from ..ir import Lit, Var, size_of, type_of
 from ..prims import registry
 from .emit import KernelWriter, needed_eqns
 
@@ -28,8 +28,13 @@ def _space(var):
     """The iteration space of an elementwise result: (batched, length or shape)."""
     shape, isb = var.shape, var.batched
     if isb:
-        return True, (shape[0] * shape[1] if shape else 0)
+        return True, (size_of(shape) if shape else 0)
     return False, shape
+
+
+def _axes(rank):
+    """Loop variables of a fused loop over a batch-invariant array of this rank."""
+    return ["p", "q"] if rank == 2 else [f"p{k}" for k in range(rank)]
 
 
 def peak_words(arrays, n):
@@ -42,7 +47,8 @@ def peak_words(arrays, n):
 
 
 # structural primitives whose array results are fresh allocations (not views of inputs)
-_FRESH = frozenset({"matmul", "onehot", "place", "pick", "sum", "logsumexp", "batch_sum"})
+_FRESH = frozenset({"matmul", "onehot", "place", "pick", "sum", "logsumexp", "batch_sum",
+                    "loop"})
 
 
 class ArrayKernel(KernelWriter):
@@ -107,7 +113,7 @@ class ArrayKernel(KernelWriter):
                     where[e.out.id] = where.pop(self.reused[e.out.id])
                     where[e.out.id][3] = k
                 elif e.out.id in self.stored and (e.out.shape or e.out.batched):
-                    size = e.out.shape[0] * e.out.shape[1] if e.out.shape else 1
+                    size = size_of(e.out.shape)
                     per, fixed = (size, 0) if e.out.batched else (0, size)
                     where[e.out.id] = [per, fixed, self.sum_stage.get(e.out.id, k), k]
         for i in self.out_ids:
@@ -198,12 +204,18 @@ class ArrayKernel(KernelWriter):
         elif isb:
             idx, loops = "i", [f"for i in {outer}(n):"]
         elif extent:
-            r, c = extent
-            idx, loops = "p, q", [f"for p in range({r}):", f"    for q in range({c}):"]
+            names = _axes(len(extent))
+            idx = ", ".join(names)
+            loops = [f"{'    ' * k}for {a} in range({d}):" for k, (a, d) in enumerate(zip(names, extent))]
         else:
             idx, loops = "", []
         body = []
         local = members if loops else set()
+        self.flat_views = {}
+        for e in group:
+            names = [self.access(a, isb, extent, local) for a in e.inputs]
+        lines += [f"{v} = np.ascontiguousarray({self.name(a)}).reshape(-1)"
+                  for a, v in self.flat_views.values()]
         for e in group:
             names = [self.access(a, isb, extent, local) for a in e.inputs]
             expr = registry[e.prim].emit(e, names, self.printer)
@@ -251,15 +263,21 @@ class ArrayKernel(KernelWriter):
         if isb:
             if ab:
                 return f"{name}[i, j]"
-            return f"{name}[j, 0]" if shape[1] == 1 else f"{name}[0, j]"
-        return f"{name}[p, q]"
+            if len(shape) == 1:
+                return f"{name}[j]"
+            if len(shape) == 2 and 1 in shape:
+                return f"{name}[j, 0]" if shape[1] == 1 else f"{name}[0, j]"
+            # a batch-invariant tensor against a batch of its shape: read it flat
+            view = self.flat_views.setdefault(atom.id, (atom, f"f{atom.id}"))[1]
+            return f"{view}[j]"
+        return f"{name}[{', '.join(_axes(len(shape)))}]"
 
     def alloc(self, var):
         """Statements allocating the array that stores ``var``."""
         name = self.name(var)
         if var.batched:
             if var.shape:
-                return [f"{name} = np.empty((n, {var.shape[0] * var.shape[1]}))"]
+                return [f"{name} = np.empty((n, {size_of(var.shape)}))"]
             return [f"{name} = np.empty(n)"]
         if var.shape:
             return [f"{name} = np.empty({var.shape})"]

@@ -125,8 +125,8 @@ def isolate_calls(prog: Program) -> Program:
 
 def is_chunk_program(*progs) -> bool:
     """True when every value of the programs is a scalar or a rank-1 vector."""
-    return all(len(e.out.shape) <= 1 for p in progs for e in p.eqns) and all(
-        len(i.var.shape) <= 1 for p in progs for i in p.inputs)
+    return all(len(e.out.shape) <= 1 and e.prim != "loop" for p in progs for e in p.eqns) \
+        and all(len(i.var.shape) <= 1 for p in progs for i in p.inputs)
 
 
 class ChunkPrinter(KernelPrinter):

@@ -34,7 +34,7 @@ import keyword
 import re
 from dataclasses import dataclass
 
-from ..ir import Lit, Program, Var
+from ..ir import Lit, Program, Var, size_of
 from ..prims import registry
 from .printer import KernelPrinter
 
@@ -205,7 +205,7 @@ class KernelWriter:
             elif role == "cotangent":
                 lines.append(f"{name}: the cotangent of the output")
         for i in self.data:
-            shape = f"(n, {i.var.shape[0] * i.var.shape[1]})" if i.var.shape else "(n,)"
+            shape = f"(n, {size_of(i.var.shape)})" if i.var.shape else "(n,)"
             lines.append(f"{self.name(i.var)}: float64 {shape}, data {i.name}, one row per example")
         for i in self.consts:
             lines.append(f"{self.name(i.var)}: {kind(i)} const {i.name}")

@@ -47,6 +47,9 @@ class ChainPiece:
 
 def _eqn_cost(e, active):
     """(multiply-adds of one tangent or adjoint sweep through ``e``, share that is BLAS)."""
+    own = getattr(registry[e.prim], "cost", None)
+    if own is not None:
+        return own(e, active)
     if e.prim == "matmul":
         (r, k), (_, c) = e.inputs[0].shape, e.inputs[1].shape
         return r * k * c, 1.0

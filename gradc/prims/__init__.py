@@ -43,7 +43,13 @@ primitives (:mod:`gradc.prims.array`) are the structural operations: ``matmul``,
 ``transpose``, ``sum``, ``broadcast``, ``batch_sum``, ``logsumexp``, ``pick``, ``onehot``,
 ``eye``, and the indexing pair ``element``/``gather`` (read one element, or a strided or
 tabulated run of a vector) with their transpose ``assemble`` (add parts into a zero
-array).
+array).  The loop-nest primitive (:mod:`gradc.prims.loop`) is ``loop``: an indexed map,
+reduction or scatter-add with affine reads, what ``Sum`` over ``IndexedBase`` arrays
+lowers to; its tangent and cotangent rules are loops again.
+
+A primitive may also define ``cost(eqn, active)``: the multiply-adds of one tangent or
+adjoint sweep through it and the share of them that is BLAS, for the planner (the
+planner's own estimate is used otherwise).
 """
 
 from __future__ import annotations
@@ -184,6 +190,7 @@ def mul(b, x, y):
 
 from .scalar import elementwise, number, partials, placeholder  # noqa: E402
 from . import array  # noqa: E402,F401
+from . import loop  # noqa: E402,F401
 
 __all__ = ["registry", "Primitive", "Summed", "Scatter", "ADD_WIDTH", "add", "mul", "elementwise", "partials", "placeholder",
            "number", "broadcast_type"]

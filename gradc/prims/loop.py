@@ -1,0 +1,441 @@
+"""The loop-nest primitive: an indexed map or reduction with affine gather reads.
+
+Contract
+--------
+``loop`` is one equation ``out = loop(x_0, ..., x_{m-1}; spec)`` with a :class:`LoopSpec`:
+
+* ``dims``: the loop nest, outermost first, each ``(index, lo, hi)`` with ``lo`` and ``hi``
+  affine in the indices before it (inclusive bounds: a triangular range is
+  ``(m, 0, j - 1)``);
+* ``reads``: per input, the affine index at which the body reads it (``()`` for a scalar);
+* ``body``: a scalar sympy expression of the placeholders ``_a0, _a1, ...`` (input k read
+  at ``reads[k]``) and of the loop indices themselves (as integers);
+* ``shape`` and ``out``: the per-example shape of the result and the affine index of it
+  that each point of the nest *adds* its body to.
+
+So ``out = zeros(shape)``, then ``out[out_index] += body`` for every point of the nest: a
+map when ``out`` names every index once, a reduction when it leaves indices out, a
+scatter-add when it is any other affine map.  Elements no point reaches are 0.  The
+result is batched when an input is, unless ``summed``: then the examples of the batch are
+one more reduction index and the result is batch-invariant.
+
+The family is closed under both AD transforms, so nothing is ever unrolled: the tangent is
+the same nest over the inputs and their tangents (the body's partials from
+:func:`gradc.prims.partials`, read where the inputs are read), and the cotangent of input
+k is the same nest again, now adding ``ct[out] * d body / d x_k`` at ``reads[k]`` (a
+scatter-add into the input's shape; summed over the batch for a batch-invariant input).
+
+Bounds are checked where the loops are built (:mod:`gradc.indexed`): every read and every
+write of every point is inside its array.  The code (``emit_array``) is a readable loop
+nest: reductions into a local accumulator when the written indices are the leading loop
+indices, ``+=`` into a zeroed array otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy as sp
+
+from ..errors import GradcError, short
+from ..ir import Lit, Var, shape_text, size_of, type_of
+from . import Primitive, Summed, register
+from .scalar import number, partials, placeholder
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """The parameters of a ``loop`` equation (see the module docstring)."""
+
+    dims: tuple  # ((index Symbol, lo, hi), ...), outermost first
+    reads: tuple  # per input: a tuple of affine sympy expressions
+    body: sp.Expr
+    shape: tuple
+    out: tuple  # affine index into the result
+    summed: bool = False
+
+    @property
+    def indices(self):
+        return tuple(d[0] for d in self.dims)
+
+    def points(self) -> int:
+        """The number of points of the nest (exact, also for triangular ranges)."""
+        return _points(self.dims)
+
+
+@lru_cache(maxsize=1024)
+def _points(dims) -> int:
+    if not dims:
+        return 1
+    if all(lo.is_Integer and hi.is_Integer for _, lo, hi in dims):
+        return math.prod(max(0, int(hi) - int(lo) + 1) for _, lo, hi in dims)
+    expr = sp.S.One
+    for sym, lo, hi in reversed(dims):
+        expr = sp.Sum(expr, (sym, lo, hi)).doit()
+    return int(expr)
+
+
+def _text(e) -> str:
+    return str(e).replace(" ", "")
+
+
+def describe_nest(spec):
+    return ", ".join(f"{s}={_text(lo)}..{_text(hi)}" for s, lo, hi in spec.dims)
+
+
+@register
+class Loop(Primitive):
+    name = "loop"
+    structure = "dense"
+
+    def abstract_eval(self, inputs, params):
+        spec = params
+        if len(spec.reads) != len(inputs):
+            raise AssertionError("loop: one read per input")
+        for a, r in zip(inputs, spec.reads):
+            if len(r) != len(type_of(a)[0]):
+                raise GradcError(
+                    f"loop: input of shape {shape_text(type_of(a)[0])} read with "
+                    f"{len(r)} indices")
+        if len(spec.out) != len(spec.shape):
+            raise AssertionError("loop: the written index must match the shape")
+        isb = any(type_of(a)[1] for a in inputs)
+        if spec.summed:
+            assert isb, "a loop summed over the batch needs a batched input"
+            return tuple(spec.shape), False
+        return tuple(spec.shape), isb
+
+    def describe(self, eqn):
+        spec = eqn.params
+        reads = {placeholder(k): sp.Symbol(f"{a!r}[{','.join(map(_text, r))}]" if r else repr(a))
+                 for k, (a, r) in enumerate(zip(eqn.inputs, spec.reads))}
+        target = f"[{','.join(map(_text, spec.out))}]" if spec.out else ""
+        batch = " over the batch" if spec.summed else ""
+        return (f"loop({describe_nest(spec)}{batch}: out{target} += "
+                f"{_text(spec.body.xreplace(reads))})")
+
+    def cost(self, eqn, active):
+        """Multiply-adds of one tangent or adjoint sweep: points times active inputs."""
+        spec = eqn.params
+        n_active = sum(1 for a in eqn.inputs if isinstance(a, Var) and a.id in active)
+        return spec.points() * max(1, n_active), 0.0
+
+    def jvp(self, b, eqn, tangents):
+        spec = eqn.params
+        m = len(eqn.inputs)
+        ds = loop_partials(spec.body, m)
+        inputs, reads, terms = list(eqn.inputs), list(spec.reads), []
+        for k, t in enumerate(tangents):
+            if t is None or ds[k] == 0:
+                continue
+            inputs.append(t)
+            reads.append(spec.reads[k])
+            terms.append(ds[k] * placeholder(len(inputs) - 1))
+        if not terms:
+            return None
+        return loop(b, spec.dims, inputs, reads, sp.Add(*terms), spec.shape, spec.out,
+                    spec.summed)
+
+    def vjp(self, b, eqn, ct, active):
+        spec = eqn.params
+        m = len(eqn.inputs)
+        ds = loop_partials(spec.body, m)
+        inputs = list(eqn.inputs) + [ct]
+        reads = list(spec.reads) + [spec.out if type_of(ct)[0] else ()]
+        ctp = placeholder(m)
+        out = []
+        for k, x in enumerate(eqn.inputs):
+            if not active[k] or ds[k] == 0:
+                out.append(None)
+                continue
+            shape, xb = type_of(x)
+            body = ds[k] * ctp
+            # summed over the batch here only if this body reads a batched value; else
+            # gradc.ad.total sums the batch-invariant contribution (times n)
+            used = {int(str(s)[2:]) for s in body.free_symbols if _PH.fullmatch(str(s))}
+            summed = not xb and any(type_of(inputs[u])[1] for u in used)
+            c = loop(b, spec.dims, inputs, reads, body, shape, spec.reads[k], summed)
+            out.append(Summed(c) if summed and c is not None else c)
+        return out
+
+    def emit_array(self, eqn, ctx):
+        return LoopWriter(eqn, ctx).lines()
+
+
+@lru_cache(maxsize=4096)
+def loop_partials(body, m):
+    """The partials of a loop body by its m placeholders, in terms of the inputs only (a
+    loop has no per-point output value to reuse)."""
+    ds = partials(body, m)
+    return tuple(d.xreplace({placeholder(m): body}) if d != 0 else d for d in ds)
+
+
+def loop(b, dims, inputs, reads, body, shape, out, summed=False, hint=""):
+    """Emit a canonical ``loop`` equation and return its atom (``None`` for a zero body).
+
+    Literal inputs are folded into the body; inputs the body does not use, and repeated
+    (input, read) pairs, are dropped and the placeholders renumbered in order of use."""
+    body = sp.sympify(body)
+    lits = {placeholder(k): number(a.value) for k, a in enumerate(inputs) if isinstance(a, Lit)}
+    if lits:
+        body = body.xreplace(lits)
+    if body == 0:
+        return None
+    free = body.free_symbols
+    slot, ren, keep, keep_reads = {}, {}, [], []
+    for k, (a, r) in enumerate(zip(inputs, reads)):
+        p = placeholder(k)
+        if isinstance(a, Var) and p in free:
+            key = (a.id, tuple(r))
+            if key not in slot:
+                slot[key] = len(keep)
+                keep.append(a)
+                keep_reads.append(tuple(r))
+            ren[p] = placeholder(slot[key])
+    body = body.xreplace(ren)
+    summed = bool(summed) and any(type_of(a)[1] for a in keep)
+    dims, keep_reads, body, out = _single_points(dims, keep_reads, body, out)
+    dims = _order(dims, keep, keep_reads, tuple(shape), out)
+    spec = LoopSpec(tuple(dims), tuple(keep_reads), body, tuple(shape), tuple(out), summed)
+    return b.emit("loop", keep, spec, hint=hint)
+
+
+def _single_points(dims, reads, body, out):
+    """Indices whose range is one value are replaced by it (no loop of length 1)."""
+    sub = {}
+    kept = []
+    for sym, lo, hi in dims:
+        lo, hi = sp.sympify(lo).xreplace(sub), sp.sympify(hi).xreplace(sub)
+        if lo == hi:
+            sub[sym] = lo
+        else:
+            kept.append((sym, lo, hi))
+    if not sub:
+        return tuple(dims), tuple(reads), body, tuple(out)
+    fix = lambda idx: tuple(sp.expand(sp.sympify(i).xreplace(sub)) for i in idx)  # noqa: E731
+    return (tuple(kept), tuple(fix(r) for r in reads), body.xreplace(sub), fix(out))
+
+
+def _strides(shape):
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return out[::-1]
+
+
+def _order(dims, inputs, reads, shape, out):
+    """The loop order: indices written one to one first (in the result's axis order, so
+    the rest accumulates in a register), then by decreasing memory stride (the index that
+    walks some array contiguously innermost); a range never precedes the indices its
+    bounds use."""
+    syms = [d[0] for d in dims]
+    if len(syms) < 2:
+        return tuple(dims)
+    accesses = [(r, type_of(a)[0]) for a, r in zip(inputs, reads) if type_of(a)[0]]
+    if shape:
+        accesses.append((out, shape))
+    key = {}
+    for s in syms:
+        best = None
+        for idx, shp in accesses:
+            st = sum(abs(int(sp.sympify(i).coeff(s))) * w for i, w in zip(idx, _strides(shp)))
+            if st and (best is None or st < best):
+                best = st
+        key[s] = best if best is not None else 1 << 62
+    written = [i for i in out if isinstance(i, sp.Symbol) and i in key]
+    direct = len(written) == len(out) and len(set(written)) == len(written)
+    first = {s: k for k, s in enumerate(written)} if direct else {}
+    deps = {d[0]: {t for t in syms if t != d[0] and (sp.sympify(d[1]).has(t) or sp.sympify(d[2]).has(t))}
+            for d in dims}
+    by_sym = {d[0]: d for d in dims}
+    placed, order = set(), []
+    while len(order) < len(dims):
+        ready = [s for s in syms if s not in placed and deps[s] <= placed]
+        pick = min(ready, key=lambda s: (0, first[s]) if s in first else (1, -key[s], syms.index(s)))
+        placed.add(pick)
+        order.append(by_sym[pick])
+    return tuple(order)
+
+
+# --------------------------------------------------------------------------------------
+# Code
+
+
+_PH = re.compile(r"\b_a(\d+)\b")
+
+
+class LoopWriter:
+    """Writes one loop nest into an :class:`gradc.codegen.arrays.ArrayKernel`.
+
+    Storage follows the array kernels: a batched value is an ``(n, size)`` array (read at
+    the row-major flat offset of its index), a batch-invariant one an array of its own
+    shape (or a float for a scalar)."""
+
+    def __init__(self, eqn, ctx):
+        self.e, self.ctx, self.spec = eqn, ctx, eqn.params
+        taken = set()
+        self.names = {}
+        for sym, _, _ in self.spec.dims:
+            base = "i_" + re.sub(r"\W", "_", sym.name)
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}{k}", k + 1
+            taken.add(name)
+            self.names[sym] = sp.Symbol(name, integer=True)
+        self.loop_batched = any(type_of(a)[1] for a in eqn.inputs)
+
+    def index(self, expr):
+        return self.ctx.printer.doprint(sp.sympify(expr).xreplace(self.names))
+
+    def flat(self, idx, shape):
+        expr = sp.S.Zero
+        for i, d in zip(idx, shape):
+            expr = expr * d + i
+        return self.index(sp.expand(expr))
+
+    def access(self, atom, idx):
+        if isinstance(atom, Lit):
+            return self.ctx.name(atom)
+        name = self.ctx.name(atom)
+        shape, isb = type_of(atom)
+        if isb:
+            return f"{name}[e, {self.flat(idx, shape)}]" if shape else f"{name}[e]"
+        if not shape:
+            return name
+        return f"{name}[{', '.join(self.index(i) for i in idx)}]"
+
+    def lines(self):
+        spec, e, ctx = self.spec, self.e, self.ctx
+        out = ctx.name(e.out)
+        shape, isb = e.out.shape, e.out.batched
+        template = ctx.printer.template(spec.body.xreplace(self.names))
+        reads = [self.access(a, r) for a, r in zip(e.inputs, spec.reads)]
+        body = _PH.sub(lambda m: reads[int(m.group(1))], template)
+        dims = list(spec.dims)
+        # the leading indices written one to one: accumulate the rest in a local
+        lead = 0
+        while (lead < len(dims) and lead < len(spec.out) and spec.out[lead] == dims[lead][0]
+               and dims[lead][1] == 0 and dims[lead][2] == shape[lead] - 1):
+            lead += 1
+        direct = lead == len(spec.out) and len(spec.out) == len(shape)
+        if direct and not spec.summed:
+            alloc = "empty"  # every element written once
+        else:
+            alloc = "zeros"
+        lines = [f"# {out}: {describe_nest(spec)}" + (" and the batch" if spec.summed else "")]
+        if isb:
+            lines.append(f"{out} = np.{alloc}((n, {size_of(shape)}))" if shape
+                         else f"{out} = np.{alloc}(n)")
+        elif shape:
+            lines.append(f"{out} = np.{alloc}({tuple(shape)!r})")
+        elif spec.summed or not (direct and lead < len(dims)):
+            lines.append(f"{out} = 0.0")
+        pad = ""
+        if self.loop_batched:
+            rng = "prange" if (ctx.parallel and not spec.summed) else "range"
+            lines.append(f"for e in {rng}(n):")
+            pad = "    "
+        target = self.target(out, shape, isb)
+        for k, (sym, lo, hi) in enumerate(dims):
+            if direct and k == lead and lead < len(dims):
+                lines.append(pad + "acc = 0.0")
+            name = self.names[sym]
+            lines.append(pad + f"for {name} in range({self.index(lo)}, {self.index(hi + 1)}):")
+            pad += "    "
+        if direct and lead < len(dims):
+            lines.append(pad + f"acc += {body}")
+            pad = pad[:-4 * (len(dims) - lead)]
+            op = "+=" if spec.summed else "="
+            lines.append(pad + f"{target} {op} acc")
+        else:
+            op = "=" if alloc == "empty" else "+="
+            lines.append(pad + f"{target} {op} {body}")
+        return lines
+
+    def target(self, out, shape, isb):
+        idx = self.spec.out
+        if isb:
+            return f"{out}[e, {self.flat(idx, shape)}]" if shape else f"{out}[e]"
+        if not shape:
+            return out
+        return f"{out}[{', '.join(self.index(i) for i in idx)}]"
+
+
+def check_affine(expr, indices, where):
+    """``expr`` as ``(constant, {index: coefficient})`` with integer coefficients, or a
+    :class:`GradcError` naming ``where`` when it is not an affine integer function of
+    ``indices``."""
+    expr = sp.expand(sp.sympify(expr))
+    bad = expr.free_symbols - set(indices)
+    if bad:
+        raise GradcError(f"{where}: {short(expr)} depends on {', '.join(sorted(map(str, bad)))}, "
+                         "which is not a loop index here")
+    poly = expr.as_poly(*indices) if indices else None
+    if poly is not None and poly.total_degree() > 1:
+        raise GradcError(f"{where}: {short(expr)} is not affine in the loop indices")
+    coeffs = {}
+    const = expr
+    for s in indices:
+        c = expr.coeff(s)
+        if c != 0:
+            coeffs[s] = c
+            const = const - c * s
+    const = sp.expand(const)
+    for c in [const, *coeffs.values()]:
+        if not c.is_Integer:
+            raise GradcError(f"{where}: {short(expr)} is not an integer affine function of "
+                             "the loop indices")
+    return int(const), {s: int(c) for s, c in coeffs.items()}
+
+
+def extreme(expr, dims, sign):
+    """The minimum (``sign=-1``) or maximum (``sign=1``) of an affine ``expr`` over the nest
+    ``dims`` (its ranges assumed nonempty), by eliminating the innermost index first: the
+    extreme of ``a * k + rest`` over ``k in lo..hi`` is at ``hi`` or ``lo`` by the sign of
+    ``a``, which leaves an affine function of the outer indices."""
+    expr = sp.expand(sp.sympify(expr))
+    for sym, lo, hi in reversed(dims):
+        c = expr.coeff(sym)
+        if c == 0:
+            continue
+        expr = sp.expand(expr.xreplace({sym: hi if (c > 0) == (sign > 0) else lo}))
+    if not expr.is_Integer:  # pragma: no cover - affine inputs give integers
+        raise AssertionError(expr)
+    return int(expr)
+
+
+def bounded(dims, keep):
+    """The nest ``dims`` restricted to the indices ``keep`` (in order): each kept range's
+    bounds with the dropped indices eliminated (lower bounds minimised, upper maximised),
+    so the result covers every value the kept indices take."""
+    out = []
+    for k, (sym, lo, hi) in enumerate(dims):
+        if sym not in keep:
+            continue
+        before = dims[:k]
+        lo2, hi2 = lo, hi
+        drop = [d for d in before if d[0] not in keep]
+        if any(lo2.has(d[0]) or hi2.has(d[0]) for d in drop):
+            lo2 = _eliminate(lo, before, keep, -1)
+            hi2 = _eliminate(hi, before, keep, 1)
+        out.append((sym, sp.sympify(lo2), sp.sympify(hi2)))
+    return tuple(out)
+
+
+def _eliminate(expr, dims, keep, sign):
+    expr = sp.expand(sp.sympify(expr))
+    for sym, lo, hi in reversed(dims):
+        if sym in keep:
+            continue
+        c = expr.coeff(sym)
+        if c == 0:
+            continue
+        expr = sp.expand(expr.xreplace({sym: hi if (c > 0) == (sign > 0) else lo}))
+    return expr
+
+
+__all__ = ["LoopSpec", "loop", "check_affine", "extreme", "bounded", "loop_partials"]

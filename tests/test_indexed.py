@@ -1,0 +1,355 @@
+"""Indexed models (IndexedBase, Sum, FunctionMatrix) compile to loop nests: the maths
+against the sympy.diff oracle (sums expanded, elements as symbols), finite differences,
+forward = reverse, equality with the MatrixSymbol form, random index expressions, the
+errors, and that nothing is unrolled."""
+
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gradc
+from gradc import nn
+from gradc.testing import check_against_sympy, check_grads
+
+i, j, k, m, c, di, dj, q = sp.symbols("i j k m c di dj q", integer=True)
+RNG = np.random.default_rng(7)
+
+
+def _compile(loss, wrt, data=(), consts=(), **kw):
+    kw.setdefault("jit", False)
+    return gradc.compile(loss, wrt=wrt, data=data, consts=consts, **kw)
+
+
+def _params(wrt, scale=0.5):
+    return [RNG.normal(size=tuple(int(d) for d in s.shape)) * scale
+            if isinstance(s, sp.IndexedBase) else float(RNG.normal() * scale) for s in wrt]
+
+
+def _data(syms, n=5):
+    return [RNG.normal(size=(n, *(int(d) for d in s.shape))) if isinstance(s, sp.IndexedBase)
+            else RNG.normal(size=n) for s in syms]
+
+
+# --------------------------------------------------------------------------------------
+# models, each checked against sympy.diff with every sum expanded
+
+
+def _ridge():
+    w, x = sp.IndexedBase("w", shape=(4,)), sp.IndexedBase("x", shape=(4,))
+    b, y = sp.symbols("b y")
+    return (sp.Sum(w[j] * x[j], (j, 0, 3)) + b - y) ** 2, [w, b], [x, y]
+
+
+def _mlp():
+    W, v = sp.IndexedBase("W", shape=(3, 4)), sp.IndexedBase("v", shape=(3,))
+    x, bb = sp.IndexedBase("x", shape=(4,)), sp.IndexedBase("bb", shape=(3,))
+    y = sp.Symbol("y")
+    h = sp.tanh(sp.Sum(W[k, j] * x[j], (j, 0, 3)) + bb[k])
+    return (sp.Sum(v[k] * h, (k, 0, 2)) - y) ** 2, [W, bb, v], [x, y]
+
+
+def _triangular():
+    L, u = sp.IndexedBase("L", shape=(4, 4)), sp.IndexedBase("u", shape=(4,))
+    # a strictly lower-triangular product inside a nonlinearity, as in the GMM
+    inner = sp.Sum(L[j, m] * u[m], (m, 0, j - 1))
+    return sp.Sum(sp.exp(L[j, j]) * u[j] + inner ** 2, (j, 0, 3)), [L], [u]
+
+
+def _strided_conv():
+    x, w = sp.IndexedBase("x", shape=(9,)), sp.IndexedBase("w", shape=(3,))
+    a = sp.Symbol("a")
+    z = sp.Sum(x[2 * i + di] * w[di], (di, 0, 2))
+    return sp.Sum(sp.log(1 + sp.exp(a * z)), (i, 0, 3)), [w, a], [x]
+
+
+def _offsets_and_delta():
+    x, w = sp.IndexedBase("x", shape=(6,)), sp.IndexedBase("w", shape=(6,))
+    # a centred stencil with negative offsets, an index used as a number, a Kronecker delta
+    s = sp.Sum(w[i + di] * x[i] * (di + 2), (di, -1, 1))
+    return sp.Sum(sp.sin(s) + i * w[i] * sp.KroneckerDelta(i, 3), (i, 1, 4)), [w], [x]
+
+
+def _nested_hoist():
+    A, x = sp.IndexedBase("A", shape=(3, 3)), sp.IndexedBase("x", shape=(3,))
+    # Max(., 0) of an inner sum, used once per k: hoisted into a tensor over j
+    z = sp.Max(sp.Sum(A[j, m] * x[m], (m, 0, 2)), 0)
+    return sp.Sum(A[k, j] * z * x[k], (k, 0, 2), (j, 0, 2)), [A], [x]
+
+
+def _consts_and_powers():
+    w, s = sp.IndexedBase("w", shape=(2, 3)), sp.IndexedBase("s", shape=(3,))
+    x = sp.IndexedBase("x", shape=(3,))
+    lam = sp.Symbol("lam")
+    fit = sp.Sum(sp.Sum(w[i, j] * x[j] * s[j], (j, 0, 2)) ** 2, (i, 0, 1))
+    reg = lam * sp.Sum(w[i, j] ** 2, (i, 0, 1), (j, 0, 2))
+    return fit + reg, [w], [x], [s, lam]
+
+
+MODELS = {"ridge": _ridge, "mlp": _mlp, "triangular": _triangular,
+          "strided_conv": _strided_conv, "offsets_and_delta": _offsets_and_delta,
+          "nested_hoist": _nested_hoist, "consts_and_powers": _consts_and_powers}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_against_sympy_oracle(name):
+    loss, wrt, data, *rest = MODELS[name]()
+    consts = rest[0] if rest else []
+    fn = _compile(loss, wrt, data, consts)
+    args = _data(data)
+    cvals = [RNG.normal(size=tuple(int(d) for d in s.shape)) if isinstance(s, sp.IndexedBase)
+             else 0.3 for s in consts]
+    check_against_sympy(fn, _params(wrt), *args, *cvals, rtol=1e-10)
+    check_grads(fn, _params(wrt), *args, *cvals)
+
+
+def test_no_unrolling():
+    """The program has one loop equation per sum whatever the extents."""
+    def count(d):
+        w, x = sp.IndexedBase("w", shape=(d,)), sp.IndexedBase("x", shape=(d,))
+        fn = _compile(sp.tanh(sp.Sum(w[j] * x[j], (j, 0, d - 1))), [w], [x])
+        prog = fn._second["value"]
+        return len(prog.eqns), fn.source.count("\n")
+
+    assert count(3) == count(3000)
+
+
+def test_matrix_and_indexed_mlp_agree():
+    W, v = sp.IndexedBase("W", shape=(3, 4)), sp.IndexedBase("v", shape=(1, 3))
+    x = sp.IndexedBase("x", shape=(4,))
+    y = sp.Symbol("y")
+    h = sp.tanh(sp.Sum(W[k, j] * x[j], (j, 0, 3)))
+    indexed = (sp.Sum(v[0, k] * h, (k, 0, 2)) - y) ** 2
+    Wm, vm, xm = sp.MatrixSymbol("W", 3, 4), sp.MatrixSymbol("v", 1, 3), sp.MatrixSymbol("x", 4, 1)
+    matrix = ((vm * nn.tanh(Wm * xm))[0, 0] - y) ** 2
+    f1 = _compile(indexed, [W, v], [x, y])
+    f2 = _compile(matrix, [Wm, vm], [xm, y])
+    P = [RNG.normal(size=(3, 4)), RNG.normal(size=(1, 3))]
+    X, Y = RNG.normal(size=(6, 4)), RNG.normal(size=6)
+    v1, g1 = f1.value_and_grad(P, X, Y)
+    v2, g2 = f2.value_and_grad(P, X, Y)
+    np.testing.assert_allclose(v1, v2, rtol=1e-13)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------
+# the lecture's convolutional network (small) through nn.cross_entropy
+
+
+def _conv_net(H=6, C=2, classes=3):
+    O = H - 2
+    x = sp.IndexedBase("x", shape=(H, H))
+    K = sp.IndexedBase("K", shape=(3, 3, C))
+    B = sp.IndexedBase("B", shape=(C,))
+    V = sp.IndexedBase("V", shape=(classes, O, O, C))
+    b2 = sp.IndexedBase("b2", shape=(classes,))
+    label = sp.Symbol("label", integer=True)
+    z = sp.Sum(x[i + di, j + dj] * K[di, dj, c], (di, 0, 2), (dj, 0, 2)) + B[c]
+    logit = sp.Sum(V[k, i, j, c] * sp.Max(z, 0), (i, 0, O - 1), (j, 0, O - 1),
+                   (c, 0, C - 1)) + b2[k]
+    loss = nn.cross_entropy(sp.FunctionMatrix(classes, 1, sp.Lambda((k, q), logit)), label)
+    return loss, [K, B, V, b2], [x, label]
+
+
+def _conv_reference(P, X, L):
+    Kv, Bv, Vv, bv = P
+    n, H = X.shape[0], X.shape[1]
+    O = H - 2
+    Z = np.zeros((n, O, O, Kv.shape[2]))
+    for a in range(3):
+        for b in range(3):
+            Z += X[:, a:a + O, b:b + O, None] * Kv[a, b][None, None, None, :]
+    R = np.maximum(Z + Bv, 0)
+    lg = np.einsum("kijc,nijc->nk", Vv, R) + bv
+    mx = lg.max(1, keepdims=True)
+    lse = np.log(np.exp(lg - mx).sum(1)) + mx[:, 0]
+    return np.mean(lse - lg[np.arange(n), L])
+
+
+@pytest.fixture(scope="module")
+def conv_jit():
+    loss, wrt, data = _conv_net()
+    return gradc.compile(loss, wrt=wrt, data=data)
+
+
+def _conv_point(H=6, C=2, classes=3, n=7):
+    O = H - 2
+    P = [RNG.normal(size=(3, 3, C)), RNG.normal(size=C), RNG.normal(size=(classes, O, O, C)),
+         RNG.normal(size=classes)]
+    return P, RNG.normal(size=(n, H, H)), RNG.integers(0, classes, size=n)
+
+
+def test_conv_net_value_and_fd(conv_jit):
+    P, X, L = _conv_point()
+    v, g = conv_jit.value_and_grad(P, X, L)
+    np.testing.assert_allclose(v, _conv_reference(P, X, L), rtol=1e-12)
+    eps = 1e-6
+    for pi in range(4):
+        for idx in range(0, P[pi].size, max(1, P[pi].size // 5)):
+            Pp = [p.copy() for p in P]
+            Pm = [p.copy() for p in P]
+            Pp[pi].reshape(-1)[idx] += eps
+            Pm[pi].reshape(-1)[idx] -= eps
+            fd = (_conv_reference(Pp, X, L) - _conv_reference(Pm, X, L)) / (2 * eps)
+            assert g[pi].reshape(-1)[idx] == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_conv_net_oracle_forward_reverse_and_python_agree(conv_jit):
+    small = _conv_net(H=4, C=1, classes=2)
+    P, X, L = _conv_point(H=4, C=1, classes=2, n=3)
+    check_against_sympy(_compile(*small), P, X, L, rtol=1e-10)
+    P, X, L = _conv_point(n=3)
+    check_grads(conv_jit, P, X, L)
+    loss, wrt, data = _conv_net()
+    plain = _compile(loss, wrt, data)
+    v1, g1 = conv_jit.value_and_grad(P, X, L)
+    v2, g2 = plain.value_and_grad(P, X, L)
+    assert v1 == pytest.approx(v2, rel=1e-14)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_conv_net_compile_time_does_not_grow_with_the_image():
+    small, _, _ = _conv_net(H=6)
+    large, _, _ = _conv_net(H=28)
+    f1 = _compile(small, *_conv_net(H=6)[1:])
+    f2 = _compile(large, *_conv_net(H=28)[1:])
+    assert len(f1._second["value"].eqns) == len(f2._second["value"].eqns)
+    assert abs(f1.source.count("\n") - f2.source.count("\n")) <= 2
+
+
+def test_parallel_matches_serial():
+    loss, wrt, data = _mlp()
+    f1 = gradc.compile(loss, wrt=wrt, data=data)
+    f2 = gradc.compile(loss, wrt=wrt, data=data, parallel=True)
+    P, args = _params(wrt), _data(data, n=300)
+    v1, g1 = f1.value_and_grad(P, *args)
+    v2, g2 = f2.value_and_grad(P, *args)
+    assert v1 == v2
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_per_example_values_and_hvp():
+    loss, wrt, data = _ridge()
+    fn = _compile(loss, wrt, data, reduce=None)
+    P, (X, Y) = _params(wrt), _data(data)
+    np.testing.assert_allclose(fn.value(P, X, Y), (X @ P[0] + P[1] - Y) ** 2, rtol=1e-13)
+    mean = _compile(loss, wrt, data)
+    t = _params(wrt)
+    hv = mean.hvp(P, t, X, Y)
+    # H = 2/n [X 1]^T [X 1]
+    A = np.hstack([X, np.ones((X.shape[0], 1))])
+    want = 2 / X.shape[0] * A.T @ (A @ np.concatenate([t[0], [t[1]]]))
+    np.testing.assert_allclose(np.concatenate([hv[0], [hv[1]]]), want, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# random index expressions
+
+
+@st.composite
+def index_models(draw):
+    """A random model over 1-D arrays: sums of random depth with random affine reads
+    (offsets and strides) kept inside their arrays, and random scalar functions."""
+    n_w = draw(st.integers(3, 7))
+    w = sp.IndexedBase("w", shape=(n_w,))
+    x = sp.IndexedBase("x", shape=(8,))
+    fns = [lambda e: e, sp.tanh, lambda e: e ** 2, sp.sin, lambda e: sp.exp(e / 4)]
+
+    def read(base, size, lo, hi, var):
+        stride = draw(st.integers(1, 2))
+        # choose an offset that keeps base[stride * var + off] inside for var in lo..hi
+        off_lo, off_hi = -stride * lo, size - 1 - stride * hi
+        if off_lo > off_hi:
+            stride = 1
+            off_lo, off_hi = -lo, size - 1 - hi
+        return base[stride * var + draw(st.integers(off_lo, off_hi))]
+
+    hi_i = draw(st.integers(0, min(n_w, 8) - 1))
+    terms = []
+    for _ in range(draw(st.integers(1, 3))):
+        f = draw(st.sampled_from(fns))
+        inner = read(w, n_w, 0, hi_i, i) * read(x, 8, 0, hi_i, i)
+        if draw(st.booleans()):  # a nested sum over j in 0..i (triangular) or 0..2
+            tri = draw(st.booleans())
+            hi_j = i if tri else 2
+            jmax = hi_i if tri else 2
+            inner = inner + sp.Sum(read(w, n_w, 0, jmax, j) * read(x, 8, 0, hi_i, i), (j, 0, hi_j))
+        terms.append(sp.Sum(f(inner), (i, 0, hi_i)))
+    return sp.Add(*terms), w, x
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(index_models())
+def test_random_index_expressions(model):
+    loss, w, x = model
+    fn = _compile(loss, [w], [x])
+    P = [RNG.normal(size=(int(w.shape[0]),)) * 0.5]
+    X = RNG.normal(size=(3, 8))
+    check_against_sympy(fn, P, X, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# bad input
+
+
+def _err(loss, wrt, data=(), match=""):
+    with pytest.raises(gradc.GradcError, match=match):
+        _compile(loss, wrt, data)
+
+
+def test_error_non_affine_index():
+    x = sp.IndexedBase("x", shape=(9,))
+    _err(sp.Sum(x[i * j], (i, 0, 2), (j, 0, 2)), [x], match=r"not affine")
+
+
+def test_error_out_of_bounds_names_index_range_and_shape():
+    x = sp.IndexedBase("x", shape=(5,))
+    _err(sp.Sum(x[i + 1], (i, 0, 4)), [x],
+         match=r"index i \+ 1 of x\[i \+ 1\] takes values 1\.\.5 .* outside 0\.\.4 .*shape 5")
+
+
+def test_error_triangular_out_of_bounds_is_exact():
+    x = sp.IndexedBase("x", shape=(4,))
+    # j - m stays in 1..3 for m < j: accepted; j - m + 1 reaches 4: refused
+    _compile(sp.Sum(sp.Sum(x[j - m], (m, 0, j - 1)), (j, 0, 3)), [x])
+    _err(sp.Sum(sp.Sum(x[j - m + 1], (m, 0, j - 1)), (j, 0, 3)), [x], match="outside 0..3")
+
+
+def test_error_symbolic_bound():
+    x = sp.IndexedBase("x", shape=(5,))
+    nn_ = sp.Symbol("N", integer=True)
+    _err(sp.Sum(x[i], (i, 0, nn_)), [x], match=r"bound N of index i is symbolic")
+
+
+def test_error_no_shape():
+    with pytest.raises(gradc.GradcError, match=r"IndexedBase x has no shape"):
+        _compile(sp.Sum(sp.IndexedBase("x")[i], (i, 0, 2)), [sp.IndexedBase("x")])
+
+
+def test_error_wrong_data_shape():
+    w, x = sp.IndexedBase("w", shape=(3,)), sp.IndexedBase("x", shape=(3, 2))
+    fn = _compile(sp.Sum(w[i] * x[i, 1], (i, 0, 2)), [w], [x])
+    with pytest.raises(gradc.GradcError, match=r"data x: expected shape \(n, 3, 2\)"):
+        fn.value([np.ones(3)], np.ones((4, 2, 3)))
+    with pytest.raises(gradc.GradcError, match=r"params w: expected shape \(3,\)"):
+        fn.value([np.ones(4)], np.ones((4, 3, 2)))
+
+
+def test_error_free_index_left_over():
+    x = sp.IndexedBase("x", shape=(3,))
+    _err(sp.tanh(x[i]), [x], match=r"free index i in x\[i\]")
+    _err(sp.Sum(x[i] * x[j], (i, 0, 2)), [x], match=r"free index j")
+
+
+def test_error_backwards_range():
+    x = sp.IndexedBase("x", shape=(5,))
+    _err(sp.Sum(sp.Sum(x[m], (m, 0, j - 2)), (j, 0, 4)), [x], match=r"runs backwards")
+
+
+def test_error_indexedbase_without_indices():
+    x, y = sp.IndexedBase("x", shape=(3,)), sp.IndexedBase("y", shape=(2,))
+    _err(sp.Sum(x[i], (i, 0, 2)) * y, [x, y], match=r"IndexedBase y used without indices")
