@@ -75,7 +75,7 @@ def test_ridge_regression(tmp_path):
     assert r["gradc_vs_formula_max_error"] < 1e-12
     assert r["indexed_vs_formula_max_error"] < 1e-12
     small, large = r["indexed_source_lines"]
-    assert abs(small - large) <= 2  # the same loops, whatever the number of features
+    assert abs(small - large) <= 0.1 * small  # the same loops, whatever the number of features
     runs, best = r["runs"], r["optimal_loss"]
     # decaying schedules end near the closed-form optimum even after 200 steps
     for name in ("staircase (/10 at 50%, 75%)", "cosine"):

@@ -227,6 +227,29 @@ def _strides(shape):
     return out[::-1]
 
 
+def _small_target(dims, written, shape):
+    """A result of at most 4096 elements reduced over at least 64 points per element."""
+    if size_of(shape) > 4096:
+        return False
+    red = tuple(d for d in dims if d[0] not in written)
+    if not all(d[1].is_Integer and d[2].is_Integer for d in red):
+        return False
+    return _points(red) >= 64
+
+
+def _vector_axis(sym, dims, accesses, shape):
+    """True when ``sym`` walks the result's last axis (the whole axis, at least 4 long,
+    stride 1) and every array with stride 1 or 0."""
+    d = next(d for d in dims if d[0] == sym)
+    if not (d[1] == 0 and d[2].is_Integer and shape and int(d[2]) + 1 == shape[-1] >= 4):
+        return False
+    for idx, shp in accesses:
+        st = sum(int(sp.sympify(i).coeff(sym)) * w for i, w in zip(idx, _strides(shp)))
+        if st not in (0, 1):
+            return False
+    return True
+
+
 def _order(dims, inputs, reads, shape, out):
     """The loop order: indices written one to one first (in the result's axis order, so
     the rest accumulates in a register), then by decreasing memory stride (the index that
@@ -249,13 +272,22 @@ def _order(dims, inputs, reads, shape, out):
     written = [i for i in out if isinstance(i, sp.Symbol) and i in key]
     direct = len(written) == len(out) and len(set(written)) == len(written)
     first = {s: k for k, s in enumerate(written)} if direct else {}
+    innermost = None
+    if direct and written and len(written) < len(syms) and _small_target(dims, written, shape) \
+            and _vector_axis(written[-1], dims, accesses, shape):
+        # a small result, a long reduction: the result's contiguous axis innermost, the
+        # reduction around it, so the innermost loop adds a contiguous run of the (cache-
+        # resident) result, vectorised, instead of one long latency-bound scalar sum
+        innermost = written[-1]
+        first.pop(innermost)
     deps = {d[0]: {t for t in syms if t != d[0] and (sp.sympify(d[1]).has(t) or sp.sympify(d[2]).has(t))}
             for d in dims}
     by_sym = {d[0]: d for d in dims}
     placed, order = set(), []
     while len(order) < len(dims):
         ready = [s for s in syms if s not in placed and deps[s] <= placed]
-        pick = min(ready, key=lambda s: (0, first[s]) if s in first else (1, -key[s], syms.index(s)))
+        pick = min(ready, key=lambda s: (0, first[s]) if s in first else (2, 0, 0)
+                   if s == innermost else (1, -key[s], syms.index(s)))
         placed.add(pick)
         order.append(by_sym[pick])
     return tuple(order)
@@ -308,8 +340,102 @@ class LoopWriter:
             return name
         return f"{name}[{', '.join(self.index(i) for i in idx)}]"
 
+    def gemm(self):
+        """The nest as one matrix product through BLAS (``np.dot``), or None.
+
+        When the body is ``coefficient * a * b`` and every index (the example index
+        included) runs over a whole axis of exactly two of ``a``, ``b`` and the result,
+        the nest is a contraction: the indices shared by ``a`` and ``b`` are summed, and
+        when each group of indices (``a`` and the result, ``b`` and the result, ``a`` and
+        ``b``) is a block of consecutive axes in the same order in both arrays, the
+        arrays are matrices (reshaped, or transposed views) and the nest is ``np.dot``."""
+        spec, e, ctx = self.spec, self.e, self.ctx
+        if len(e.inputs) != 2 or any(not isinstance(a, Var) for a in e.inputs):
+            return None
+        coef, rest = spec.body.as_coeff_Mul()
+        if not coef.is_Number or rest != placeholder(0) * placeholder(1):
+            return None
+        extent = {}
+        for sym, lo, hi in spec.dims:
+            if lo != 0 or not hi.is_Integer:
+                return None
+            extent[sym] = int(hi) + 1
+        batch = sp.Symbol("<batch>")
+
+        def axes(atom, idx, shape, isb):
+            if len(set(idx)) != len(idx) or any(i not in extent for i in idx):
+                return None
+            if any(extent[i] != d for i, d in zip(idx, shape)):
+                return None
+            return ([batch] if isb else []) + list(idx)
+
+        (a, b), (ra, rb) = e.inputs, spec.reads
+        A = axes(a, ra, a.shape, a.batched)
+        B = axes(b, rb, b.shape, b.batched)
+        O = axes(None, spec.out, e.out.shape, e.out.batched)
+        if A is None or B is None or O is None:
+            return None
+        if self.loop_batched:
+            extent[batch] = None  # n, at run time
+        for sym in extent:
+            if [sym in A, sym in B, sym in O].count(True) != 2:
+                return None
+        M = [s for s in A if s in O]
+        N = [s for s in B if s in O]
+        K = [s for s in A if s in B]
+        if not K:
+            return None
+
+        def matrix(atom, order, rows, cols):
+            """A 2-D view of ``atom`` with the ``rows`` group as rows, or None."""
+            if order == rows + cols:
+                t = False
+            elif order == cols + rows:
+                t = True
+            else:
+                return None
+            name = ctx.name(atom)
+            def size(grp):
+                known = math.prod(extent[g] for g in grp if extent[g] is not None)
+                if any(extent[g] is None for g in grp):
+                    return "n" if known == 1 else f"n * {known}"
+                return str(known)
+
+            first, second = (cols, rows) if t else (rows, cols)
+            src = name if atom.batched else f"np.ascontiguousarray({name})"
+            text = f"{src}.reshape(({size(first)}, {size(second)}))"
+            return text + (".T" if t else "")
+
+        if [s for s in B if s in A] != K:
+            return None
+        left = matrix(a, A, M, K)
+        right = matrix(b, B, K, N)
+        if left is None or right is None:
+            return None
+        if O == M + N:
+            prod = f"np.dot({left}, {right})"
+        elif O == N + M:
+            prod = f"np.dot({right.removesuffix('.T') if right.endswith('.T') else right + '.T'}, " \
+                   f"{left.removesuffix('.T') if left.endswith('.T') else left + '.T'})"
+        else:
+            return None
+        out = ctx.name(e.out)
+        if e.out.batched:
+            shape = f"(n, {size_of(e.out.shape)})" if e.out.shape else "(n,)"
+        else:
+            shape = repr(tuple(e.out.shape)) if e.out.shape else None
+        scale = "" if coef == 1 else f"{float(coef)!r} * "
+        head = f"# {out}: {describe_nest(spec)}" + (" and the batch" if spec.summed else "") + \
+            ", as a matrix product"
+        if shape is None:
+            return [head, f"{out} = {scale}{prod}[0, 0]"]
+        return [head, f"{out} = {scale}{prod}.reshape({shape})"]
+
     def lines(self):
         spec, e, ctx = self.spec, self.e, self.ctx
+        g = self.gemm()
+        if g is not None:
+            return g
         out = ctx.name(e.out)
         shape, isb = e.out.shape, e.out.batched
         template = ctx.printer.template(spec.body.xreplace(self.names))
@@ -340,13 +466,32 @@ class LoopWriter:
             lines.append(f"for e in {rng}(n):")
             pad = "    "
         target = self.target(out, shape, isb)
+        split = direct and lead < len(dims) and self.split_reduction(dims[lead:])
         for k, (sym, lo, hi) in enumerate(dims):
             if direct and k == lead and lead < len(dims):
-                lines.append(pad + "acc = 0.0")
+                lines.append(pad + ("acc0 = acc1 = acc2 = acc3 = 0.0" if split else "acc = 0.0"))
             name = self.names[sym]
+            if split and k == len(dims) - 1:
+                break
             lines.append(pad + f"for {name} in range({self.index(lo)}, {self.index(hi + 1)}):")
             pad += "    "
-        if direct and lead < len(dims):
+        if split:
+            # four interleaved sums: the adds of a long reduction overlap instead of
+            # waiting for each other (the result differs from one sum by rounding only)
+            sym, lo, hi = dims[-1]
+            name = self.names[sym]
+            length = int(hi) - int(lo) + 1
+            stop = int(lo) + 4 * (length // 4)
+            lines.append(pad + f"for {name} in range({int(lo)}, {stop}, 4):")
+            for r in range(4):
+                lines.append(pad + f"    acc{r} += {self.body_at(sym, r)}")
+            if stop <= int(hi):
+                lines.append(pad + f"for {name} in range({stop}, {int(hi) + 1}):")
+                lines.append(pad + f"    acc0 += {body}")
+            pad = pad[:-4 * (len(dims) - 1 - lead)] if len(dims) - 1 > lead else pad
+            op = "+=" if spec.summed else "="
+            lines.append(pad + f"{target} {op} (acc0 + acc1) + (acc2 + acc3)")
+        elif direct and lead < len(dims):
             lines.append(pad + f"acc += {body}")
             pad = pad[:-4 * (len(dims) - lead)]
             op = "+=" if spec.summed else "="
@@ -355,6 +500,24 @@ class LoopWriter:
             op = "=" if alloc == "empty" else "+="
             lines.append(pad + f"{target} {op} {body}")
         return lines
+
+    def split_reduction(self, red):
+        """Split the innermost reduction into four sums: when it has a constant range of
+        at least 8 and the whole reduction is at least 64 points long."""
+        sym, lo, hi = red[-1]
+        if not (lo.is_Integer and hi.is_Integer) or int(hi) - int(lo) + 1 < 8:
+            return False
+        return _points(tuple(red)) >= 64 if all(
+            d[1].is_Integer and d[2].is_Integer for d in red) else True
+
+    def body_at(self, sym, r):
+        """The body's text at the innermost index ``sym + r``."""
+        shift = {sym: sym + r}
+        spec = self.spec
+        template = self.ctx.printer.template(spec.body.xreplace(shift).xreplace(self.names))
+        reads = [self.access(a, tuple(sp.sympify(i).xreplace(shift) for i in rd))
+                 for a, rd in zip(self.e.inputs, spec.reads)]
+        return _PH.sub(lambda m: reads[int(m.group(1))], template)
 
     def target(self, out, shape, isb):
         idx = self.spec.out
