@@ -97,11 +97,16 @@ def test_digits_mlp(tmp_path):
 
 
 def test_locally_connected(tmp_path):
-    res = run("locally_connected", tmp_path)["results"]
-    fc, lc, conv = res["fully connected"], res["locally connected"], res["convolutional"]
-    assert conv["hidden_params"] < lc["hidden_params"] < fc["hidden_params"]
-    for name, r in res.items():
-        assert r["test_accuracy"] >= 0.85, name
+    out = run("locally_connected", tmp_path)
+    for key, floor in (("results", 0.85), ("results_28", 0.8)):
+        res = out[key]
+        fc, lc, conv = res["fully connected"], res["locally connected"], res["convolutional"]
+        assert conv["hidden_params"] < lc["hidden_params"] < fc["hidden_params"], key
+        for name, r in res.items():
+            assert r["test_accuracy"] >= floor, (key, name)
+    assert out["results_28"]["fully connected"]["hidden_params"] == 26 * 26 * 2 * (28 * 28 + 1)
+    adam = out["adam_28"]["epoch_losses"]
+    assert adam[-1] < adam[0] and out["adam_28"]["test_accuracy"] >= 0.8
 
 
 def test_newton(tmp_path):
