@@ -199,6 +199,35 @@ def rowdot(a, b):
     return out
 
 
+def contract(out, a, b, ta, tb, m, k, n2):
+    """``out`` (any shape, C-contiguous, m * n2 elements) = op(A) @ op(B) as an m x n2
+    matrix, with A the contiguous array ``a`` seen as m x k (k x m, transposed, when
+    ``ta``) and B the array ``b`` seen as k x n2 (n2 x k when ``tb``): one BLAS product
+    for a loop nest that is a contraction (:mod:`gradc.prims.loop`).  Compiled once per
+    machine (cached), so the kernels that call it compile none of numpy's matrix code."""
+    o = out.reshape((m, n2))
+    if ta:
+        A = np.ascontiguousarray(a).reshape((k, m))
+        if tb:
+            np.dot(A.T, np.ascontiguousarray(b).reshape((n2, k)).T, o)
+        else:
+            np.dot(A.T, np.ascontiguousarray(b).reshape((k, n2)), o)
+    else:
+        A = np.ascontiguousarray(a).reshape((m, k))
+        if tb:
+            np.dot(A, np.ascontiguousarray(b).reshape((n2, k)).T, o)
+        else:
+            np.dot(A, np.ascontiguousarray(b).reshape((k, n2)), o)
+    return out
+
+
+def _np_contract(out, a, b, ta, tb, m, k, n2):
+    A = np.reshape(a, (k, m)).T if ta else np.reshape(a, (m, k))
+    B = np.reshape(b, (n2, k)).T if tb else np.reshape(b, (k, n2))
+    out[...] = np.dot(A, B).reshape(out.shape)
+    return out
+
+
 def _label(value, m):
     """An integer label in 0..m-1, or an error (kernels called directly skip gradc's checks)."""
     k = int(value)
@@ -268,6 +297,7 @@ python.rowsum = lambda a: np.sum(a, axis=1)
 python.rowlse = _np_rowlse
 python.lse_all = lambda a: float(_np_rowlse(np.reshape(a, (1, -1)))[0])
 python.rowdot = lambda a, b: np.sum(a * b, axis=1)
+python.contract = _np_contract
 def _np_labels(idx, m):
     k = idx.astype(np.int64)
     if np.any((k < 0) | (k >= m) | (k != idx)):
@@ -285,5 +315,5 @@ python.label_stats = label_stats
 python.vsum_at = vsum_at
 vsum_at = numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})(vsum_at)
 for _n in ("chunk_sums", "colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
-           "label_stats"):
+           "label_stats", "contract"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])

@@ -146,12 +146,27 @@ class Loop(Primitive):
         inputs = list(eqn.inputs) + [ct]
         reads = list(spec.reads) + [spec.out if type_of(ct)[0] else ()]
         ctp = placeholder(m)
+        # In a map (each point writes its own element), an input read at the written
+        # index gets the tensor g = ct * d body / d input; another input with the same
+        # partial (a bias B[c] beside z[i, j, c]) gets the sum of g over the indices it
+        # does not use, instead of a second pass computing that partial again.
+        full = {ds[k]: k for k in range(m) if active[k] and ds[k] != 0
+                and tuple(spec.reads[k]) == tuple(spec.out) and _is_map(spec)
+                and type_of(eqn.inputs[k])[0] == tuple(spec.shape)
+                and type_of(eqn.inputs[k])[1] == eqn.out.batched}
         out = []
         for k, x in enumerate(eqn.inputs):
             if not active[k] or ds[k] == 0:
                 out.append(None)
                 continue
             shape, xb = type_of(x)
+            if ds[k] in full and full[ds[k]] != k:
+                g = loop(b, spec.dims, inputs, reads, ds[k] * ctp, spec.shape, spec.out)
+                summed = not xb and type_of(g)[1]
+                c = loop(b, spec.dims, [g], [spec.out], placeholder(0), shape, spec.reads[k],
+                         summed)
+                out.append(Summed(c) if summed and c is not None else c)
+                continue
             body = ds[k] * ctp
             # summed over the batch here only if this body reads a batched value; else
             # gradc.ad.total sums the batch-invariant contribution (times n)
@@ -163,6 +178,14 @@ class Loop(Primitive):
 
     def emit_array(self, eqn, ctx):
         return LoopWriter(eqn, ctx).lines()
+
+
+def _is_map(spec):
+    """Every point of the nest writes its own element: the written index is the nest's
+    indices, in order, each over its whole axis."""
+    return (len(spec.out) == len(spec.dims) == len(spec.shape) and all(
+        o == s and lo == 0 and hi == d - 1
+        for o, (s, lo, hi), d in zip(spec.out, spec.dims, spec.shape)))
 
 
 @lru_cache(maxsize=4096)
@@ -386,50 +409,43 @@ class LoopWriter:
         if not K:
             return None
 
-        def matrix(atom, order, rows, cols):
-            """A 2-D view of ``atom`` with the ``rows`` group as rows, or None."""
-            if order == rows + cols:
-                t = False
-            elif order == cols + rows:
-                t = True
-            else:
-                return None
-            name = ctx.name(atom)
-            def size(grp):
-                known = math.prod(extent[g] for g in grp if extent[g] is not None)
-                if any(extent[g] is None for g in grp):
-                    return "n" if known == 1 else f"n * {known}"
-                return str(known)
+        def size(grp):
+            known = math.prod(extent[g] for g in grp if extent[g] is not None)
+            if any(extent[g] is None for g in grp):
+                return "n" if known == 1 else f"n * {known}"
+            return str(known)
 
-            first, second = (cols, rows) if t else (rows, cols)
-            src = name if atom.batched else f"np.ascontiguousarray({name})"
-            text = f"{src}.reshape(({size(first)}, {size(second)}))"
-            return text + (".T" if t else "")
+        def flag(order, rows, cols):
+            """False when ``order`` is rows then cols, True when cols then rows."""
+            if order == rows + cols:
+                return False
+            if order == cols + rows:
+                return True
+            return None
 
         if [s for s in B if s in A] != K:
             return None
-        left = matrix(a, A, M, K)
-        right = matrix(b, B, K, N)
-        if left is None or right is None:
-            return None
         if O == M + N:
-            prod = f"np.dot({left}, {right})"
+            x, y, tx, ty, mm, nn = a, b, flag(A, M, K), flag(B, K, N), M, N
         elif O == N + M:
-            prod = f"np.dot({right.removesuffix('.T') if right.endswith('.T') else right + '.T'}, " \
-                   f"{left.removesuffix('.T') if left.endswith('.T') else left + '.T'})"
+            x, y, tx, ty, mm, nn = b, a, flag(B, N, K), flag(A, K, M), N, M
         else:
+            return None
+        if tx is None or ty is None:
             return None
         out = ctx.name(e.out)
         if e.out.batched:
-            shape = f"(n, {size_of(e.out.shape)})" if e.out.shape else "(n,)"
+            alloc = f"np.empty((n, {size_of(e.out.shape)}))" if e.out.shape else "np.empty(n)"
         else:
-            shape = repr(tuple(e.out.shape)) if e.out.shape else None
+            alloc = f"np.empty({tuple(e.out.shape)!r})" if e.out.shape else "np.empty(1)"
+        call = (f"_rt.contract({alloc}, {ctx.name(x)}, {ctx.name(y)}, {tx}, {ty}, "
+                f"{size(mm)}, {size(K)}, {size(nn)})")
+        if not e.out.shape and not e.out.batched:
+            call += "[0]"
         scale = "" if coef == 1 else f"{float(coef)!r} * "
         head = f"# {out}: {describe_nest(spec)}" + (" and the batch" if spec.summed else "") + \
             ", as a matrix product"
-        if shape is None:
-            return [head, f"{out} = {scale}{prod}[0, 0]"]
-        return [head, f"{out} = {scale}{prod}.reshape({shape})"]
+        return [head, f"{out} = {scale}{call}"]
 
     def lines(self):
         spec, e, ctx = self.spec, self.e, self.ctx
