@@ -35,6 +35,7 @@ from .errors import GradcError, short
 __all__ = [
     "MatSum", "LogSumExp", "Pick", "Logistic", "Softplus", "Elementwise", "relu", "sigmoid", "softplus",
     "tanh", "softmax", "logsumexp", "cross_entropy", "sum", "mean", "sum_squares",
+    "IndexedLayer", "conv2d", "locally_connected",
 ]
 
 
@@ -231,3 +232,89 @@ def mean(m):
 def sum_squares(m):
     """The sum of the squares of all elements (an L2 penalty)."""
     return MatSum(HadamardPower(_matrix(m, "sum_squares"), 2))
+
+
+# --------------------------------------------------------------------------------------
+# indexed layers: conveniences that build the Sum a user would write
+
+
+class IndexedLayer:
+    """An indexed expression with free indices: ``layer[i, j, c]`` is a sympy expression
+    (a ``Sum`` over ``IndexedBase`` reads) for the output element at those indices, of
+    ``layer.shape``; gradc compiles it as a loop nest (:mod:`gradc.indexed`)."""
+
+    def __init__(self, name, shape, build):
+        self.name = name
+        self.shape = tuple(shape)
+        self._build = build
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if len(idx) != len(self.shape):
+            raise GradcError(f"{self.name} has shape {self.shape}: index it with "
+                             f"{len(self.shape)} indices, got {len(idx)}")
+        return self._build(*(sp.sympify(i) for i in idx))
+
+    def __repr__(self):
+        idx = sp.symbols("i j c", integer=True)[:len(self.shape)]
+        return f"{self.name}{list(idx)} = {self[tuple(idx)]}"
+
+
+def _window_layer(name, x, W, window, stride, padding, shared):
+    if padding != 0:
+        raise GradcError(f"{name}: padding={padding!r} is not supported; pad the data (and "
+                         "declare the padded shape) instead")
+    if not isinstance(x, sp.IndexedBase) or x.shape is None:
+        raise GradcError(f"{name}: the input must be an IndexedBase with a shape, got {short(x)}")
+    if not isinstance(W, sp.IndexedBase) or W.shape is None:
+        raise GradcError(f"{name}: the weights must be an IndexedBase with a shape, got {short(W)}")
+    if not isinstance(stride, int) or stride < 1:
+        raise GradcError(f"{name}: stride must be a positive integer, got {stride!r}")
+    xs, ws = tuple(int(d) for d in x.shape), tuple(int(d) for d in W.shape)
+    if len(xs) not in (2, 3):
+        raise GradcError(f"{name}: the input {x} must have shape (H, W) or (H, W, C_in), got {xs}")
+    cin = xs[2] if len(xs) == 3 else None
+    kh, kw = window if window is not None else ws[:2] if shared else ws[2:4]
+    oh, ow = (xs[0] - kh) // stride + 1, (xs[1] - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise GradcError(f"{name}: a {kh}x{kw} window does not fit in the {xs[0]}x{xs[1]} input")
+    lead = (kh, kw) if shared else (oh, ow, kh, kw)
+    want = lead + ((cin,) if cin is not None else ())
+    if ws[:-1] != want:
+        raise GradcError(f"{name}: the weights {W} have shape {ws}; expected {want + ('C_out',)}")
+    cout = ws[-1]
+    di, dj, ci = sp.symbols("di_ dj_ ci_", integer=True)
+
+    def build(i, j, c):
+        at = (stride * i + di, stride * j + dj) + ((ci,) if cin is not None else ())
+        wat = ((di, dj) if shared else (i, j, di, dj)) + ((ci,) if cin is not None else ()) + (c,)
+        limits = [(di, 0, kh - 1), (dj, 0, kw - 1)] + ([(ci, 0, cin - 1)] if cin else [])
+        return sp.Sum(x[at] * W[wat], *reversed(limits))
+
+    return IndexedLayer(name, (oh, ow, cout), build)
+
+
+def conv2d(x, K, stride=1, padding=0):
+    """A 2-D convolution (cross-correlation, as in deep learning) of the image ``x``
+    (``IndexedBase`` of shape (H, W) or (H, W, C_in)) with the filters ``K`` of shape
+    (kh, kw, C_out) or (kh, kw, C_in, C_out): ``conv2d(x, K)[i, j, c] = Sum(x[s i + di,
+    s j + dj] K[di, dj, c], ...)``, of shape ((H - kh) // s + 1, (W - kw) // s + 1, C_out).
+
+    Examples
+    --------
+    >>> x, K = sp.IndexedBase("x", shape=(28, 28)), sp.IndexedBase("K", shape=(3, 3, 8))
+    >>> z = conv2d(x, K)
+    >>> z.shape
+    (26, 26, 8)
+    >>> z
+    conv2d[i, j, c] = Sum(K[di_, dj_, c]*x[di_ + i, dj_ + j], (dj_, 0, 2), (di_, 0, 2))
+    """
+    return _window_layer("conv2d", x, K, None, stride, padding, shared=True)
+
+
+def locally_connected(x, W, window, stride=1):
+    """A locally connected layer (unshared weights): ``locally_connected(x, W, (kh, kw))[i,
+    j, c] = Sum(x[s i + di, s j + dj] W[i, j, di, dj, c], ...)`` with ``W`` of shape
+    (out_h, out_w, kh, kw, C_out) (or with C_in before C_out for an (H, W, C_in) input)."""
+    window = (window, window) if isinstance(window, int) else tuple(window)
+    return _window_layer("locally_connected", x, W, window, stride, 0, shared=False)

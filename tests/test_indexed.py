@@ -408,3 +408,48 @@ def test_contractions_match_einsum(spec):
     want = np.mean(per * (Y if data == [y] else 1))
     assert fn.value(P, *args) == pytest.approx(want, rel=1e-12)
     check_grads(fn, P, *args)
+
+
+# --------------------------------------------------------------------------------------
+# gradc.nn's indexed layers
+
+
+def test_nn_conv2d_and_locally_connected_match_numpy():
+    x = sp.IndexedBase("x", shape=(7, 7, 2))
+    K = sp.IndexedBase("K", shape=(3, 3, 2, 4))
+    conv = nn.conv2d(x, K, stride=2)
+    assert conv.shape == (3, 3, 4)
+    W = sp.IndexedBase("W", shape=(3, 3, 3, 3, 2, 4))
+    lc = nn.locally_connected(x, W, 3, stride=2)
+    a, b_ = sp.symbols("a b")
+    loss = sp.Sum(sp.tanh(a * conv[i, j, c]) + b_ * lc[i, j, c] ** 2, (i, 0, 2), (j, 0, 2),
+                  (c, 0, 3))
+    fn = _compile(loss, [K, W, a, b_], [x])
+    P = [RNG.normal(size=(3, 3, 2, 4)) * 0.3, RNG.normal(size=(3, 3, 3, 3, 2, 4)) * 0.3, 0.7, 0.2]
+    X = RNG.normal(size=(3, 7, 7, 2))
+    win = np.empty((3, 3, 3, 3, 3, 2))  # (n, output row, output column, window row, column, C_in)
+    for p in range(3):
+        for r in range(3):
+            win[:, p, r] = X[:, 2 * p:2 * p + 3, 2 * r:2 * r + 3, :]
+    zc = np.einsum("nijabd,abdc->nijc", win, P[0])
+    zl = np.einsum("nijabd,ijabdc->nijc", win, P[1])
+    want = np.mean(np.sum(np.tanh(P[2] * zc) + P[3] * zl ** 2, axis=(1, 2, 3)))
+    assert fn.value(P, X) == pytest.approx(want, rel=1e-12)
+    check_grads(fn, P, X)
+
+
+def test_nn_layer_errors():
+    x = sp.IndexedBase("x", shape=(5, 5))
+    with pytest.raises(gradc.GradcError, match=r"expected \(3, 3, 'C_out'\)"):
+        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3)))
+    with pytest.raises(gradc.GradcError, match="padding"):
+        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3, 4)), padding=1)
+    with pytest.raises(gradc.GradcError, match="does not fit"):
+        nn.locally_connected(x, sp.IndexedBase("W", shape=(1, 1, 6, 6, 2)), 6)
+    with pytest.raises(gradc.GradcError, match="index it with 3 indices"):
+        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3, 4)))[i, j]
+
+
+def test_error_non_integer_bound():
+    x = sp.IndexedBase("x", shape=(5,))
+    _err(sp.Sum(x[i], (i, 0, sp.Rational(5, 2))), [x], match="not an integer")
