@@ -470,6 +470,37 @@ class Lowerer:
             )
         return ap.element(self.b, self.memo[parent], (int(i), int(j)))
 
+    def _lower_MatrixSlice(self, node):
+        """``x[a:b:s, c:d:t]``: a map loop reading the parent at affine indices."""
+        from .prims.loop import loop
+
+        parent = self.memo[node.parent]
+        shape = ir_shape(node)
+        (r0, _, rs), (c0, _, cs) = ((int(v) for v in sl) for sl in (node.rowslice, node.colslice))
+        r, c = matrix_shape(node)
+        if type_of(parent)[0] == ():  # a 1x1 parent: the slice is all of it
+            return parent
+        p, q = sp.symbols("p q", integer=True)
+        dims = ((p, sp.S.Zero, sp.Integer(r - 1)), (q, sp.S.Zero, sp.Integer(c - 1)))
+        read = (r0 + rs * p, c0 + cs * q)
+        out = (p, q) if shape else ()
+        return loop(self.b, dims, [parent], [read], prims.placeholder(0), shape, out)
+
+    def _lower_ImmutableDenseMatrix(self, node):
+        """An explicit matrix of scalar expressions: each lowered, then assembled."""
+        r, c = matrix_shape(node)
+        parts = []
+        for a in range(r):
+            for b in range(c):
+                atom = self.lower(node[a, b])
+                if type_of(atom)[0] != ():
+                    raise GradcError(f"entry ({a}, {b}) of {short(node)} is not a scalar")
+                parts.append((atom, (a, b)))
+        if (r, c) == (1, 1):
+            return parts[0][0]
+        out = ap.assemble(self.b, (r, c), parts)
+        return ap.broadcast(self.b, Lit(0.0), (r, c)) if out is None else out
+
     def _lower_MatrixExpr(self, node):
         raise GradcError(
             f"unsupported matrix expression class {type(node).__name__} in {short(node)}"

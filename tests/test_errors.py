@@ -31,7 +31,7 @@ def fn():
         (dict(expr=sp.Derivative(sp.sin(w * x), x), wrt=[w], data=[x]), "Derivative"),
         (dict(expr=sp.polygamma(0, w), wrt=[w]), "polygamma"),
         (dict(expr=sp.Eq(w, 1), wrt=[w]), "Equality"),
-        (dict(expr=sp.Matrix([w]), wrt=[w]), "DenseMatrix"),
+        (dict(expr=sp.Product(w, (x, 1, 3)), wrt=[w]), "unsupported sympy class Product"),
         (dict(expr=sp.zoo * w, wrt=[w]), "non-real number"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

@@ -453,3 +453,27 @@ def test_nn_layer_errors():
 def test_error_non_integer_bound():
     x = sp.IndexedBase("x", shape=(5,))
     _err(sp.Sum(x[i], (i, 0, sp.Rational(5, 2))), [x], match="not an integer")
+
+
+# --------------------------------------------------------------------------------------
+# matrix forms that lower onto loops: slices and explicit matrices
+
+
+def test_matrix_slices_and_explicit_matrices():
+    x = sp.MatrixSymbol("x", 5, 1)
+    W = sp.MatrixSymbol("W", 2, 5)
+    w, b_ = sp.symbols("w b")
+    X = RNG.normal(size=(4, 5))
+    cases = [
+        (w * nn.sum_squares(x[1:, :] - x[:-1, :]) + b_ * nn.sum(x[::2, :]), [w, b_], [0.3, 0.2]),
+        (nn.sum(nn.tanh(sp.Matrix([w * x[0, 0], b_ * x[1, 0] + w]))), [w, b_], [0.3, 0.2]),
+        (nn.sum_squares(W[:, 1:3] * x[1:3, :]) + nn.sum(W[1:, ::2]), [W],
+         [RNG.normal(size=(2, 5))]),
+    ]
+    for loss, wrt, P in cases:
+        fn = _compile(loss, wrt, [x])
+        check_against_sympy(fn, P, X, rtol=1e-10)
+        check_grads(fn, P, X)
+    d = x[1:, :] - x[:-1, :]
+    fn = _compile(w * nn.sum_squares(d), [w], [x])
+    assert fn.value([1.0], X) == pytest.approx(np.mean(np.sum(np.diff(X, axis=1) ** 2, 1)))
