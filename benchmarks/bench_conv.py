@@ -177,7 +177,7 @@ def torch_conv(P, X, L):
 
     def result():
         v = call()
-        return float(v), [p.grad.numpy().copy() for p in (W, B, V, b2)]
+        return float(v.detach()), [p.grad.numpy().copy() for p in (W, B, V, b2)]
 
     return call, result, torch.__version__
 

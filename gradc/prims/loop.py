@@ -514,8 +514,30 @@ class LoopWriter:
             lines.append(pad + f"{target} {op} acc")
         else:
             op = "=" if alloc == "empty" else "+="
+            if dims and alloc == "zeros":
+                body = self.hoist_invariant(lines, dims[-1][0], pad[:-4])
             lines.append(pad + f"{target} {op} {body}")
         return lines
+
+    def hoist_invariant(self, lines, sym, pad):
+        """The body, with the array reads that do not move with the innermost index
+        ``sym`` read once before the innermost loop (inserted into ``lines`` before its
+        ``for``): the compiler cannot move them itself past the store into the result,
+        which it cannot tell apart from the arrays read."""
+        spec, e = self.spec, self.e
+        names = {}
+        hoisted = []
+        for k, (a, r) in enumerate(zip(e.inputs, spec.reads)):
+            if isinstance(a, Var) and (a.shape or a.batched) and not any(
+                    sp.sympify(i).has(sym) for i in r):
+                names[k] = f"r{k}"
+                hoisted.append(pad + f"r{k} = {self.access(a, r)}")
+        reads = [names.get(k) or self.access(a, r)
+                 for k, (a, r) in enumerate(zip(e.inputs, spec.reads))]
+        template = self.ctx.printer.template(spec.body.xreplace(self.names))
+        if hoisted:
+            lines[-1:-1] = hoisted
+        return _PH.sub(lambda m: reads[int(m.group(1))], template)
 
     def split_reduction(self, red):
         """Split the innermost reduction into four sums: when it has a constant range of
