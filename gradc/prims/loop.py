@@ -179,6 +179,56 @@ class Loop(Primitive):
     def emit_array(self, eqn, ctx):
         return LoopWriter(eqn, ctx).lines()
 
+    #: Nests with more points than this use the conservative sparsity rule.
+    SPARSITY_POINTS = 200_000
+
+    def sparsity(self, eqn, deps, pattern):
+        """Exact, point by point: the output element a point writes depends on the
+        elements it reads (those whose partial is not identically zero), and two reads of
+        one point meet where the body's second partial by them is not identically zero.
+        Different points never meet (they are separate terms of a sum)."""
+        from ..sparsity import EMPTY, deps_array
+        from .scalar import second_partials
+
+        spec = eqn.params
+        if spec.points() > self.SPARSITY_POINTS:
+            return super().sparsity(eqn, deps, pattern)
+        m = len(eqn.inputs)
+        first, second = second_partials(spec.body, m)
+        syms = spec.indices
+        forms = [[check_affine(i, syms, "loop") for i in r] for r in spec.reads]
+        out_form = [check_affine(i, syms, "loop") for i in spec.out]
+        bounds = [(check_affine(lo, syms, "loop"), check_affine(hi, syms, "loop"))
+                  for _, lo, hi in spec.dims]
+        out = deps_array(spec.shape, EMPTY)
+
+        def at(form, env):
+            const, coeffs = form
+            return const + sum(c * env[s] for s, c in coeffs.items())
+
+        env = {}
+
+        # iterate over the nest (inclusive affine bounds), outermost first
+        def points(level):
+            if level == len(syms):
+                yield
+                return
+            lo, hi = (at(f, env) for f in bounds[level])
+            for v in range(lo, hi + 1):
+                env[syms[level]] = v
+                yield from points(level + 1)
+
+        for _ in points(0):
+            got = [d[tuple(at(f, env) for f in fs)] for d, fs in zip(deps, forms)]
+            reach = frozenset().union(*(g for g, f in zip(got, first) if f))
+            o = tuple(at(f, env) for f in out_form)
+            out[o] = out[o] | reach
+            for a in range(m):
+                for b_ in range(a, m):
+                    if second[a][b_]:
+                        pattern.meet(got[a], got[b_])
+        return out
+
 
 def _is_map(spec):
     """Every point of the nest writes its own element: the written index is the nest's
