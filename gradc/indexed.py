@@ -266,6 +266,10 @@ class IndexLowerer:
             return placeholder(slot[key])
 
         def cut(n):
+            if isinstance(n, sp.logic.boolalg.BooleanAtom):
+                return n
+            if not isinstance(n, sp.Expr):  # conditions of a Piecewise: open them up
+                return None
             if n.is_Number or isinstance(n, sp.NumberSymbol):
                 return n
             if isinstance(n, sp.Symbol) and n in syms:

@@ -103,6 +103,9 @@ def test_locally_connected(tmp_path):
         fc, lc, conv = res["fully connected"], res["locally connected"], res["convolutional"]
         assert conv["hidden_params"] < lc["hidden_params"] < fc["hidden_params"], key
         for name, r in res.items():
+            if key == "results_28" and name == "fully connected":
+                assert np.isnan(r["test_accuracy"])  # --fast does not train it
+                continue
             assert r["test_accuracy"] >= floor, (key, name)
     assert out["results_28"]["fully connected"]["hidden_params"] == 26 * 26 * 2 * (28 * 28 + 1)
     adam = out["adam_28"]["epoch_losses"]

@@ -524,3 +524,37 @@ def test_indexed_chain_sparse_hessian():
     want[1:] += 200  # from term i - 1
     want[-1] = 200
     np.testing.assert_allclose(d, want, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# review findings: printing, integer powers, models without sums, Piecewise conditions
+
+
+def _review_cases():
+    w, x = sp.IndexedBase("w", shape=(4,)), sp.IndexedBase("x", shape=(4,))
+    y, b = sp.symbols("y b")
+    W, X, Y = RNG.normal(size=4), RNG.normal(size=(5, 4)), RNG.normal(size=5)
+    return [
+        (sp.Sum(sp.Mod(j, 2) * w[j], (j, 0, 3)) * y, [w], [y], [W], [Y]),
+        (sp.Sum(2 ** (-j) * w[j] * x[j], (j, 0, 3)) ** 2, [w], [x], [W], [X]),
+        (w[0] ** 2 + w[3] * y, [w], [y], [W], [Y]),
+        (w[0] * x[0], [w], [x], [W], [X]),
+        ((b * x[1] - y) ** 2, [b], [x, y], [0.3], [X, Y]),
+        (sp.Sum(sp.Piecewise((w[j] ** 2, x[j] > 0), (w[j], True)), (j, 0, 3)), [w], [x], [W], [X]),
+        (sp.Sum(sp.Piecewise((w[j] ** 2, y > 0), (w[j], True)), (j, 0, 3)), [w], [y], [W], [Y]),
+    ]
+
+
+@pytest.mark.parametrize("k", range(7))
+def test_review_cases_against_sympy(k):
+    loss, wrt, data, P, args = _review_cases()[k]
+    fn = _compile(loss, wrt, data)
+    check_against_sympy(fn, P, *args)
+    check_grads(fn, P, *args)
+
+
+def test_negative_integer_power_of_an_index_under_numba():
+    loss, wrt, data, P, args = _review_cases()[1]
+    f1 = gradc.compile(loss, wrt=wrt, data=data)
+    f2 = _compile(loss, wrt, data)
+    assert f1.value(P, *args) == pytest.approx(f2.value(P, *args), rel=1e-13)

@@ -378,3 +378,17 @@ def test_flat_vector_gradients_jit():
     assert [np.shape(e) for e in g] == [(8,), (8,), ()]
     g_full = fn.grad([np.full((8, 1), 0.1), np.full((1, 8), 0.2), 0.5], U)
     np.testing.assert_array_equal(g[0], g_full[0].ravel())
+
+
+def test_second_derivative_of_nested_min_max_in_piecewise():
+    """sympy's Heaviside.__new__ recursed forever on gradc's swapped subclass when a
+    Heaviside was rebuilt during the second derivative (found by Hypothesis in CI)."""
+    a, b, x = sp.symbols("a b x")
+    m = sp.Min(x, sp.Max(0, a))
+    loss = sp.Piecewise((m ** 2, m > 0.1), (sp.sin(m), True)) * b
+    fn = gradc.compile(loss, wrt=[a, b], data=[x], jit=False)
+    X = np.array([0.05, 0.5, 2.0])
+    hv = fn.hvp([0.7, 1.3], [1.0, 0.0], X)
+    eps = 1e-6
+    fd = (fn.grad([0.7 + eps, 1.3], X) - fn.grad([0.7 - eps, 1.3], X)) / (2 * eps)
+    np.testing.assert_allclose(hv, fd, rtol=1e-6, atol=1e-9)

@@ -248,7 +248,9 @@ class ModuleWriter:
         from .chunked import ChunkPrinter, is_chunk_program, isolate_calls
 
         progs = [s.program for s in specs if s.program is not None]
-        self.chunked = is_chunk_program(*progs)
+        # chunked kernels take the packed parameter vector of a scalar model (param_names
+        # is given exactly then); a rank-1 IndexedBase parameter is a tuple entry
+        self.chunked = is_chunk_program(*progs) and param_names is not None
         if self.chunked:  # every out-of-line maths call in an equation of its own
             done = {}
             specs = [_with_program(s, done.setdefault(id(s.program), isolate_calls(s.program)))

@@ -99,7 +99,13 @@ class KernelPrinter(PythonCodePrinter):
             return f"np.sqrt({self._print(base)})"
         if e == sp.Rational(-1, 2):
             return f"(1.0/np.sqrt({self._print(base)}))"
+        if base.is_integer:  # an integer base (a loop index, 2**-i): float powers, as numpy
+            b = f"float({self._print(base)})" if not base.is_Number else repr(float(base))
         return f"({b}**{self.parenthesize(e, 1000)})"
+
+    def _print_Mod(self, expr):
+        a, m = expr.args
+        return f"({self.parenthesize(a, 1000)} % {self.parenthesize(m, 1000)})"
 
     def _print_Mul(self, expr):
         # print factors explicitly so every sub-term keeps its parentheses

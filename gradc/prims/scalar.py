@@ -143,7 +143,11 @@ def _winner(args, i, sign):
 
 
 def _flat(base):
+    # sympy's Heaviside.__new__ calls ``super(cls, cls).__new__``: with cls a subclass that
+    # is Heaviside.__new__ again, forever (a RecursionError whenever sympy rebuilds a
+    # swapped Heaviside whose argument changed).  The subclass builds as a plain Function.
     return type(f"_{base.__name__}", (base,), {
+        "__new__": lambda cls, *args, **options: sp.Function.__new__(cls, *args, **options),
         "fdiff": lambda self, argindex=1: sp.S.Zero,
         "_eval_derivative": lambda self, s: sp.S.Zero,
     })
