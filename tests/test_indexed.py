@@ -223,7 +223,7 @@ def test_conv_net_compile_time_does_not_grow_with_the_image():
 
 
 def test_parallel_matches_serial():
-    loss, wrt, data = _mlp()
+    loss, wrt, data = _ridge()
     f1 = gradc.compile(loss, wrt=wrt, data=data)
     f2 = gradc.compile(loss, wrt=wrt, data=data, parallel=True)
     P, args = _params(wrt), _data(data, n=300)
