@@ -33,6 +33,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _single  # noqa: E402  (one thread per library, one CPU)
+from _single import settle  # noqa: E402
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -183,16 +184,6 @@ def torch_conv(P, X, L):
 
 
 # ------------------------------------------------------------------------------ timing
-def settle(limit=1.0):
-    """Wait until this process's other threads (JAX's buffer frees) are idle."""
-    end = time.perf_counter() + limit
-    while time.perf_counter() < end:
-        c0 = time.process_time()
-        time.sleep(0.002)
-        if time.process_time() - c0 < 2e-4:
-            return
-
-
 def medians(cases, rounds):
     for f in cases.values():
         f()

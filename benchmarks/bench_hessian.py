@@ -57,6 +57,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _single  # noqa: E402  (one thread per library, one CPU)
+from _single import settle  # noqa: E402
 
 import json  # noqa: E402
 import tempfile  # noqa: E402
@@ -85,22 +86,6 @@ ROUNDS = {"fast": 40 if QUICK else 200, "slow": 3 if QUICK else 15}
 
 
 # ------------------------------------------------------------------------------ timing
-def settle(limit=1.0):
-    """Wait (up to ``limit`` seconds) until this process's other threads are idle.
-
-    JAX frees the buffers of a call on a thread of its own after the call has returned:
-    after ``jax.jit(jax.hessian(loss))`` of the 100-parameter model that thread used about
-    90 ms of system time on the one CPU the process is pinned to, and whatever was timed
-    next ran 1.7-2.3x slower (gradc's ``fn.hessian``, 80 ms quiet).  This returns once a
-    2 ms sleep costs the process under 0.2 ms of CPU time."""
-    end = time.perf_counter() + limit
-    while time.perf_counter() < end:
-        c0 = time.process_time()
-        time.sleep(0.002)
-        if time.process_time() - c0 < 2e-4:
-            return
-
-
 def time_round_robin(cases, rounds, target_sample=2e-3):
     """Median seconds per call of each case; one sample of every case per round.  Each
     sample times ``inner`` back-to-back calls, chosen so that a sample lasts about
