@@ -44,10 +44,6 @@ from .prims.loop import bounded, check_affine, extreme, loop
 INDEXED = (sp.Indexed, sp.IndexedBase, sp.Sum, FunctionMatrix)
 
 
-def is_indexed(node) -> bool:
-    return isinstance(node, INDEXED)
-
-
 def _heavy(node) -> bool:
     """A node worth computing once per value of its indices: a function call or a
     non-polynomial power."""

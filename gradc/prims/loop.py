@@ -26,9 +26,14 @@ k is the same nest again, now adding ``ct[out] * d body / d x_k`` at ``reads[k]`
 scatter-add into the input's shape; summed over the batch for a batch-invariant input).
 
 Bounds are checked where the loops are built (:mod:`gradc.indexed`): every read and every
-write of every point is inside its array.  The code (``emit_array``) is a readable loop
-nest: reductions into a local accumulator when the written indices are the leading loop
-indices, ``+=`` into a zeroed array otherwise.
+write of every point is inside its array.  The code (``emit_array``, :class:`LoopWriter`)
+is a readable loop nest: reductions into a local accumulator when the written indices are
+the leading loop indices (four interleaved sums when the innermost one is long), ``+=``
+into a zeroed array otherwise (reads that do not move with the innermost index read once
+before it); a nest that is a contraction of two arrays is one BLAS product instead
+(:func:`gradc.codegen.runtime.contract`).  The loop order is chosen when the equation is
+built (:func:`loop`).  The ``sparsity`` rule is exact, point by point, for nests of up to
+``Loop.SPARSITY_POINTS`` points.
 """
 
 from __future__ import annotations
