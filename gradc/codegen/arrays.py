@@ -211,11 +211,7 @@ class ArrayKernel(KernelWriter):
             idx, loops = "", []
         body = []
         local = members if loops else set()
-        self.flat_views = {}
-        for e in group:
-            names = [self.access(a, isb, extent, local) for a in e.inputs]
-        lines += [f"{v} = np.ascontiguousarray({self.name(a)}).reshape(-1)"
-                  for a, v in self.flat_views.values()]
+        self.flat_views = {}  # filled by access(); written before the loop below
         for e in group:
             names = [self.access(a, isb, extent, local) for a in e.inputs]
             expr = registry[e.prim].emit(e, names, self.printer)
@@ -223,6 +219,8 @@ class ArrayKernel(KernelWriter):
                 body.append(f"s{e.out.id} = {expr}")
             else:
                 body.append(f"{self.name(e.out)} = {expr}")
+        lines += [f"{v} = np.ascontiguousarray({self.name(a)}).reshape(-1)"
+                  for a, v in self.flat_views.values()]
         if loops:
             body += [f"{self.name(e.out)}[{idx}] = s{e.out.id}" for e in stored]
             body += [f"a{e.out.id}[j] += s{e.inputs[0].id}" for e in sums]
