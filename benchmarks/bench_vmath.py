@@ -10,7 +10,10 @@ Usage::
 Prints, single-threaded, the median ns/element at n = 10_000 and n = 1_000_000
 for each function as
 
-* ``vmath``  : ``for i in range(n): out[i] = vmath.f(x[i])`` in an njit loop
+* ``vmath``  : ``for i in range(n): out[i] = vmath.f(x[i])`` in an njit loop (inlined at
+  numba's IR level)
+* ``call``   : the same loop calling ``vmath.f_s``, the out-of-line function gradc's kernels
+  call (numba types it once; LLVM inlines it when the loop is linked)
 * ``math``   : the same loop calling ``math.f`` (one scalar libm call each)
 * ``numpy``  : the numpy ufunc writing into a preallocated ``out``
 
@@ -82,6 +85,21 @@ def v_expm1(x, out):
 def v_log1p(x, out):
     for i in range(x.shape[0]):
         out[i] = vmath.log1p(x[i])
+
+
+# ------------------------------------------- out-of-line calls (what kernels emit)
+_CALL_SRC = '''
+@numba.njit
+def s_{f}(x, out):
+    for i in range(x.shape[0]):
+        out[i] = vmath.{f}_s(x[i])
+'''
+
+
+def call_loop(name):
+    ns = {"numba": numba, "vmath": vmath}
+    exec(_CALL_SRC.format(f=name), ns)
+    return ns[f"s_{name}"]
 
 
 # ----------------------------------------------------------------- libm loops
@@ -219,19 +237,24 @@ def main():
           f"NUMBA_CPU_NAME={os.environ.get('NUMBA_CPU_NAME', '(host)')}, "
           f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}")
     rng = np.random.default_rng(0)
-    hdr = f"{'func':8s} {'n':>8s} {'vmath':>8s} {'math':>8s} {'numpy':>8s}   {'math/vmath':>10s} {'numpy/vmath':>11s}  simd"
+    hdr = (f"{'func':8s} {'n':>8s} {'vmath':>8s} {'call':>8s} {'math':>8s} {'numpy':>8s}   "
+           f"{'call/vmath':>10s} {'math/vmath':>10s} {'numpy/vmath':>11s}  simd (vmath; call)")
     print("median ns/element, single thread")
     print(hdr)
     print("-" * len(hdr))
     for name, vloop, mloop, npf, gen in CASES:
+        sloop = call_loop(name)
         for n in (10_000, 1_000_000):
             x = gen(rng, n)
             out = np.empty_like(x)
             tv = median_ns_per_element(vloop, x, out, samples)
+            ts = median_ns_per_element(sloop, x, out, samples)
             tm = median_ns_per_element(mloop, x, out, samples)
             tn = median_ns_per_element(npf, x, out, samples)
             width, regs = simd_report(vloop)
-            print(f"{name:8s} {n:8d} {tv:8.2f} {tm:8.2f} {tn:8.2f}   {tm / tv:10.1f} {tn / tv:11.1f}  {width} {regs}")
+            swidth, sregs = simd_report(sloop)
+            print(f"{name:8s} {n:8d} {tv:8.2f} {ts:8.2f} {tm:8.2f} {tn:8.2f}   {ts / tv:10.2f} "
+                  f"{tm / tv:10.1f} {tn / tv:11.1f}  {width} {regs}; {swidth} {sregs}")
     print("\nexp over rows of L values, about 200,000 elements, ns/element: the row length as a "
           "constant against _rt.opaque(L)")
     for length in ROW_LENGTHS:

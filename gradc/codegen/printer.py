@@ -27,7 +27,7 @@ from ..errors import GradcError, short
 
 #: sympy function name -> the callable the generated code uses.
 FUNCTIONS = {
-    "exp": "_vm.exp", "log": "_vm.log", "tanh": "_vm.tanh",
+    "exp": "_vm.exp_s", "log": "_vm.log_s", "tanh": "_vm.tanh_s",
     "sin": "np.sin", "cos": "np.cos", "tan": "np.tan",
     "asin": "np.arcsin", "acos": "np.arccos", "atan": "np.arctan", "atan2": "np.arctan2",
     "sinh": "np.sinh", "cosh": "np.cosh", "asinh": "np.arcsinh", "acosh": "np.arccosh",
@@ -35,7 +35,7 @@ FUNCTIONS = {
     "erf": "math.erf", "erfc": "math.erfc", "gamma": "math.gamma", "loggamma": "math.lgamma",
     "sign": "_rt.sign", "Heaviside": "_rt.heaviside", "Abs": "abs",
     "Max": "_rt.maximum", "Min": "_rt.minimum",
-    "Logistic": "_vm.sigmoid", "Softplus": "_rt.softplus",
+    "Logistic": "_vm.sigmoid_s", "Softplus": "_rt.softplus",
 }
 
 

@@ -2,8 +2,12 @@
 
 Contract
 --------
-Every helper is a branch-free scalar function, compiled with ``numba.njit(inline="always")``
-so it vectorises inside kernel loops, and also available as plain Python through
+Every helper is a branch-free scalar function, compiled once by ``numba.njit`` (cached on
+disk) and called by the kernels as an ordinary function: LLVM inlines the small body into the
+kernel's loop when the kernel is linked, where it vectorises, and the kernel's own typing
+stays one call per use (inlining at numba's IR level, ``inline="always"``, re-typed the
+helper at every call site and was most of a kernel's compile time).  Each helper is also
+available as plain Python through
 :data:`python` for the ``jit=False`` path (same results).  NaN propagates through all of
 them.  Subgradient conventions are fixed here for the values and in :mod:`gradc.prims` for
 the derivatives.
@@ -21,7 +25,7 @@ from numba.extending import intrinsic
 
 from . import vmath
 
-_jit = numba.njit(inline="always", cache=True, error_model="numpy")
+_jit = numba.njit(cache=True, error_model="numpy")
 
 
 def sign(x):

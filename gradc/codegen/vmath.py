@@ -583,13 +583,13 @@ def log1p(x):
 # ---------------------------------------------------------------------------
 # Out-of-line versions, compiled once (numba's disk cache) for every kernel.
 #
-# Inlining a function above costs numba about a quarter of a second of typing
-# per call site, so generated kernels call these instead: ``<f>_v`` applies
-# ``f`` to a run of ``m`` values (``out[oo + j] = f(x[xo + j])``) in one
-# vectorised loop, and ``<f>_s`` is the scalar function as an ordinary call.
-# A kernel's own loops stay small, its compile time no longer grows with the
-# number of transcendental calls, and the run of values (a chunk of examples)
-# is long enough for the call to cost nothing measurable.
+# Inlining a function above at numba's IR level costs about a quarter of a second of
+# typing per call site (every helper inside it is inlined and typed again), so generated
+# kernels call these instead: ``<f>_s`` is the scalar function as an ordinary call, which
+# numba types once (and caches on disk) and LLVM inlines into the caller's loop when the
+# kernel is linked, so the loop still vectorises (``benchmarks/bench_vmath.py``); ``<f>_v``
+# applies ``f`` to a run of ``m`` values (``out[oo + j] = f(x[xo + j])``) in one vectorised
+# loop.  A kernel's compile time no longer grows with its number of transcendental calls.
 # ---------------------------------------------------------------------------
 
 _ool = njit(cache=True, error_model="numpy", nogil=True)
