@@ -17,6 +17,10 @@ index range, so the program's size does not depend on the extents.
   subexpression that uses no loop index is lowered as an ordinary scalar, outside.
 * ``x[a, b]`` reads an ``IndexedBase`` input (or a hoisted tensor) at affine indices; a
   read at integer indices outside any loop is an ``element``.
+* An index may also hold one integer *data* (or const) symbol, with coefficient 1:
+  ``C[ci, k]`` gathers row ``ci`` of ``C`` for each example (a *key* of the loop, see
+  :mod:`gradc.prims.loop`); its values are checked in the kernel, the rest of the index
+  here.
 * ``FunctionMatrix(r, c, Lambda((k, q), f))`` is a map over ``k < r, q < c``: the bridge
   from indexed expressions to the matrix primitives (``gradc.nn`` takes it as logits).
 
@@ -38,7 +42,7 @@ from .errors import GradcError, short
 from .ir import Lit, Var, shape_text, type_of
 from .prims import array as ap
 from .prims import number, placeholder
-from .prims.loop import bounded, check_affine, extreme, loop
+from .prims.loop import bounded, check_affine, extreme, loop, split_key
 
 #: sympy classes that make an expression indexed.
 INDEXED = (sp.Indexed, sp.IndexedBase, sp.Sum, FunctionMatrix)
@@ -88,6 +92,18 @@ class IndexLowerer:
     def lower_indexed(self, node):
         base = self.base_var(node)
         idx = node.indices
+        if any(self.key_symbols(i) for i in idx) and not self.free_symbols_of(node, ()):
+            inputs, names = [base], [node]
+
+            def read(atom, where, source=None):
+                inputs.append(atom)
+                names.append(source)
+                return placeholder(len(inputs) - 1)
+
+            where = self.keyed(node, (), read)
+            reads = [where] + [()] * (len(inputs) - 1)
+            self.check_reads((), inputs, reads, names)
+            return self.emit((), inputs, reads, placeholder(0), (), ())
         if not all(sp.sympify(i).is_Integer for i in idx):
             free = sorted({str(s) for i in idx for s in sp.sympify(i).free_symbols})
             raise GradcError(
@@ -108,6 +124,44 @@ class IndexLowerer:
             raise GradcError(f"{short(node)}: {base} has shape {shape_text(shape)} "
                              f"({len(shape)} indices), indexed with {len(node.indices)}")
         return v
+
+    def key_symbols(self, index):
+        """The symbols of an index that are inputs (data or consts), not loop indices."""
+        return {s for s in sp.sympify(index).free_symbols
+                if isinstance(s, sp.Symbol) and s in self.L.memo}
+
+    def free_symbols_of(self, node, dims):
+        """The symbols of ``node``'s indices that are neither loop indices of ``dims`` nor
+        inputs: free indices."""
+        syms = {s for s, _, _ in dims}
+        return {s for i in node.indices for s in sp.sympify(i).free_symbols
+                if s not in syms and s not in self.L.memo}
+
+    def keyed(self, node, dims, read):
+        """The indices of ``node`` with each data symbol replaced by the placeholder
+        ``read`` gives its input (a *key*), checked: an integer scalar data or const."""
+        out = []
+        for i in node.indices:
+            i = sp.sympify(i)
+            subs = {}
+            for s in sorted(self.key_symbols(i), key=str):
+                v = self.L.memo[s]
+                role = next((inp.role for inp in self.b.inputs
+                             if isinstance(v, Var) and inp.var.id == v.id), None)
+                if role not in ("data", "const") or type_of(v)[0]:
+                    what = {"param": "a parameter (wrt)"}.get(role, f"of role {role}")
+                    raise GradcError(
+                        f"index {i} of {short(node)}: {s} is {what}; an index must be a "
+                        "loop index or an integer data or const symbol")
+                if not s.is_integer:
+                    raise GradcError(
+                        f"index {i} of {short(node)}: {s} indexes an array, so it must be "
+                        f"an integer symbol: declare sp.Symbol({s.name!r}, integer=True)")
+                subs[s] = read(v, ())
+            j = i.xreplace(subs)
+            split_key(j, f"index {i} of {short(node)}")
+            out.append(j)
+        return tuple(out)
 
     # -- loops -------------------------------------------------------------------------------
     def sum_tensor(self, node, dims):
@@ -278,13 +332,14 @@ class IndexLowerer:
                                  "expression: index it, or use it outside the Sum")
             mine = ix.get(n, frozenset()) & syms
             if not mine and not ix.get(n):
-                if isinstance(n, sp.Indexed) and any(not sp.sympify(i).is_Integer
-                                                     for i in n.indices):
+                if isinstance(n, sp.Indexed) and self.free_symbols_of(n, dims):
                     return None  # a read at a free index: reported by the read below
                 return read(self.L.lower(n), ())
             if isinstance(n, sp.Indexed):
                 base = self.base_var(n)
-                return read(base, tuple(sp.sympify(i) for i in n.indices), n)
+                if self.free_symbols_of(n, dims):
+                    return None
+                return read(base, self.keyed(n, dims, read), n)
             if mine and mine < syms and _heavy(n) and not (ix.get(n) - syms):
                 atom, where = self.map_tensor(n, dims, mine)
                 return read(atom, where)
@@ -316,7 +371,7 @@ class IndexLowerer:
     def free_index_error(self, node, dims):
         syms = {s for s, _, _ in dims}
         free = sorted({str(s) for i in node.indices for s in sp.sympify(i).free_symbols
-                       if s not in syms})
+                       if s not in syms and s not in self.L.memo})
         raise GradcError(f"free index {', '.join(free)} in {short(node)}: bind it with a Sum "
                          "(or the Lambda of a FunctionMatrix)")
 
@@ -327,8 +382,18 @@ class IndexLowerer:
                 continue
             shape = type_of(atom)[0]
             for axis, (i, d) in enumerate(zip(where, shape)):
-                check_affine(i, syms, f"index {i} of {short(source)}")
+                orig = source.indices[axis]
+                key, i = split_key(i, f"index {orig} of {short(source)}")
+                check_affine(i, syms, f"index {orig} of {short(source)}")
                 lo, hi = extreme(i, dims, -1), extreme(i, dims, 1)
+                if key is not None:
+                    if hi - lo > d - 1:
+                        raise GradcError(
+                            f"index {orig} of {short(source)}: its loop part {i} takes "
+                            f"values {lo}..{hi} for {_ranges_text(dims)}, so no value of "
+                            f"the data symbol keeps it inside 0..{d - 1} (axis {axis} of "
+                            f"{source.base}, shape {shape_text(shape)})")
+                    continue  # the key's values are checked in the kernel
                 if lo < 0 or hi > d - 1:
                     raise GradcError(
                         f"index {i} of {short(source)} takes values {lo}..{hi} for "

@@ -416,22 +416,69 @@ def check_against_sympy(fn, params, *args, rtol=1e-10, atol=1e-12):
         _close(v, v_ref, rtol, atol, "value vs sympy")
         _close(g, g_ref, rtol, atol, "gradient vs sympy.diff")
         return
-    expr, elements = explicit(fn.expr)
-    wrt = _flat_symbols(fn.wrt, elements)
-    data = _flat_symbols(fn.data, elements)
-    consts = _flat_symbols(fn.consts, elements)
-    flat_params = np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in
-                                  (params if not fn.scalar_params else [params])])
-    cols = []
-    for s, a in zip(fn.data, args[: len(fn.data)]):
-        a = np.asarray(a, dtype=np.float64)
-        a = a.reshape(a.shape[0], -1) if s in elements else a
-        cols += [a[:, k] for k in range(a.shape[1])] if s in elements else [a]
-    for s, a in zip(fn.consts, args[len(fn.data):]):
-        cols += list(np.ravel(np.asarray(a, dtype=np.float64))) if s in elements else [a]
-    ref = sympy_oracle(expr, wrt, data, consts, fn.reduce)
-    v_ref, g_ref = ref(flat_params, *cols)
+    keys = _index_keys(fn.expr, fn.data)
+    if keys:
+        v_ref, g_ref = _gather_reference(fn, params, args, keys)
+    else:
+        v_ref, g_ref = _explicit_reference(fn.expr, fn, params, fn.data, args[: len(fn.data)],
+                                           args[len(fn.data):], fn.reduce)
     v, g = fn.value_and_grad(params, *args)
     g = g if fn.scalar_params else np.concatenate([np.ravel(x) for x in g])
     _close(v, v_ref, rtol, atol, "value vs sympy (explicit scalars)")
     _close(g, g_ref, rtol, atol, "gradient vs sympy.diff (explicit scalars)")
+
+
+def _explicit_reference(expr, fn, params, data, dargs, cargs, reduce):
+    """(value, flat gradient) of ``expr`` (``fn``'s roles, data ``data``) by the sympy
+    oracle on its explicit scalar form."""
+    expr, elements = explicit(expr)
+    wrt = _flat_symbols(fn.wrt, elements)
+    dsyms = _flat_symbols(data, elements)
+    consts = _flat_symbols(fn.consts, elements)
+    flat_params = np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in
+                                  (params if not fn.scalar_params else [params])])
+    cols = []
+    for s, a in zip(data, dargs):
+        a = np.asarray(a, dtype=np.float64)
+        a = a.reshape(a.shape[0], -1) if s in elements else a
+        cols += [a[:, k] for k in range(a.shape[1])] if s in elements else [a]
+    for s, a in zip(fn.consts, cargs):
+        cols += list(np.ravel(np.asarray(a, dtype=np.float64))) if s in elements else [a]
+    return sympy_oracle(expr, wrt, dsyms, consts, reduce)(flat_params, *cols)
+
+
+def _index_keys(expr, data):
+    """The data symbols used inside the indices of an ``Indexed`` (gathers)."""
+    found = set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Indexed):
+            for i in node.indices:
+                found |= sp.sympify(i).free_symbols & set(data)
+    return [s for s in data if s in found]
+
+
+def _gather_reference(fn, params, args, keys):
+    """The oracle of a model that gathers by data values: the examples grouped by their
+    key values, each group's expression with those values substituted (plain integer
+    indices), expanded and differentiated by sympy; the groups' sums added up."""
+    nd = len(fn.data)
+    dargs = [np.asarray(a) for a in args[:nd]]
+    n = dargs[0].shape[0]
+    kv = np.stack([dargs[fn.data.index(s)].reshape(n) for s in keys], axis=1)
+    rest = [s for s in fn.data if s not in keys]
+    if fn.reduce is None:
+        raise NotImplementedError("the gather oracle sums over the examples")
+    total_v, total_g = 0.0, 0.0
+    for combo in np.unique(kv, axis=0):
+        sel = np.all(kv == combo, axis=1)
+        sub = {s: sp.Integer(int(c)) for s, c in zip(keys, combo)}
+        expr = fn.expr.xreplace(sub)
+        part = [dargs[fn.data.index(s)][sel] for s in rest]
+        if not rest:  # no other data: the group's value times its size
+            v, g = _explicit_reference(expr, fn, params, (), (), args[nd:], "sum")
+            v, g = v * sel.sum(), g * sel.sum()
+        else:
+            v, g = _explicit_reference(expr, fn, params, rest, part, args[nd:], "sum")
+        total_v, total_g = total_v + v, total_g + np.asarray(g)
+    scale = 1.0 / n if fn.reduce == "mean" else 1.0
+    return total_v * scale, total_g * scale

@@ -25,6 +25,16 @@ from numba.extending import intrinsic
 
 from . import vmath
 
+try:
+    from ..errors import GradcError as _Error
+except ImportError:  # inside the standalone module gradc.export writes
+    _Error = ValueError
+
+
+class DataIndexError(_Error, IndexError):
+    """A data value used as an index is not an integer inside its array's range: raised
+    by a kernel before it reads anything (a :class:`gradc.GradcError`)."""
+
 _jit = numba.njit(cache=True, error_model="numpy")
 
 
@@ -255,6 +265,34 @@ def label_stats(idx):
     return bad, lo, hi
 
 
+def valid_index(v, lo, hi):
+    """True when ``v`` is an integer in ``lo..hi`` (NaN and inf are not)."""
+    return v >= lo and v <= hi and v == np.floor(v)
+
+
+def first_bad_index(keys, lo, hi):
+    """The position of the first entry of ``keys`` that is not an integer in ``lo..hi``,
+    or -1: the check a kernel makes before a nest that gathers by these data values."""
+    for i in range(keys.shape[0]):
+        if not valid_index(keys[i], lo, hi):
+            return i
+    return -1
+
+
+def index_text(v):
+    """A bad index value as text, in numba code too (which cannot print a float)."""
+    if v != v:
+        return "nan"
+    if abs(v) == np.inf:
+        return "inf" if v > 0 else "-inf"
+    if abs(v) >= 1e18:
+        return "a huge value"
+    k = int(np.floor(v))
+    if k == v:
+        return str(k)
+    return "a non-integer between " + str(k) + " and " + str(k + 1)
+
+
 def pick(z, idx):
     """z[i, idx[i]] for every row i."""
     n, m = z.shape
@@ -316,8 +354,13 @@ python.onehot = lambda idx, m: np.eye(m)[_np_labels(idx, m)]
 _lse_row = _jit(_lse_row)
 _label = _jit(_label)
 python.label_stats = label_stats
+python.valid_index = valid_index
+python.first_bad_index = first_bad_index
+python.index_text = index_text
+python.DataIndexError = DataIndexError
+valid_index = _jit(valid_index)
 python.vsum_at = vsum_at
 vsum_at = numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})(vsum_at)
 for _n in ("chunk_sums", "colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
-           "label_stats", "contract"):
+           "label_stats", "contract", "first_bad_index", "index_text"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])

@@ -7,7 +7,8 @@ Contract
 * ``dims``: the loop nest, outermost first, each ``(index, lo, hi)`` with ``lo`` and ``hi``
   affine in the indices before it (inclusive bounds: a triangular range is
   ``(m, 0, j - 1)``);
-* ``reads``: per input, the affine index at which the body reads it (``()`` for a scalar);
+* ``reads``: per input, the affine index at which the body reads it (``()`` for a scalar),
+  possibly with a key (below);
 * ``body``: a scalar sympy expression of the placeholders ``_a0, _a1, ...`` (input k read
   at ``reads[k]``) and of the loop indices themselves (as integers);
 * ``shape`` and ``out``: the per-example shape of the result and the affine index of it
@@ -15,7 +16,18 @@ Contract
 
 So ``out = zeros(shape)``, then ``out[out_index] += body`` for every point of the nest: a
 map when ``out`` names every index once, a reduction when it leaves indices out, a
-scatter-add when it is any other affine map.  Elements no point reaches are 0.  The
+scatter-add when it is any other affine map.
+
+*Gathers by data index*: an index (of a read or of the written index) may also hold one
+*key*, the placeholder of a scalar input whose value is an integer (a data symbol such as
+the camera ``ci`` of each observation): ``C[_a0, j]`` reads row ``ci`` of ``C``.  An index
+is then ``key + affine(loop indices)``, the key with coefficient 1; the key's values are
+checked in the kernel, before the nest runs, against the range that keeps every access
+inside its array (:func:`key_ranges`), and a bad value raises a
+:class:`gradc.codegen.runtime.DataIndexError` (a :class:`gradc.GradcError` and an
+``IndexError``) naming the data symbol and the example.  The
+cotangent of a gathered input is a scatter-add at the same keyed index, summed over the
+batch in example order (never in parallel: deterministic).  Elements no point reaches are 0.  The
 result is batched when an input is, unless ``summed``: then the examples of the batch are
 one more reduction index and the result is batch-invariant.
 
@@ -115,9 +127,14 @@ class Loop(Primitive):
 
     def describe(self, eqn):
         spec = eqn.params
-        reads = {placeholder(k): sp.Symbol(f"{a!r}[{','.join(map(_text, r))}]" if r else repr(a))
+        keys = {placeholder(k): sp.Symbol(repr(a)) for k, a in enumerate(eqn.inputs)}
+
+        def idx(r):
+            return ",".join(_text(sp.sympify(i).xreplace(keys)) for i in r)
+
+        reads = {placeholder(k): sp.Symbol(f"{a!r}[{idx(r)}]" if r else repr(a))
                  for k, (a, r) in enumerate(zip(eqn.inputs, spec.reads))}
-        target = f"[{','.join(map(_text, spec.out))}]" if spec.out else ""
+        target = f"[{idx(spec.out)}]" if spec.out else ""
         batch = " over the batch" if spec.summed else ""
         return (f"loop({describe_nest(spec)}{batch}: out{target} += "
                 f"{_text(spec.body.xreplace(reads))})")
@@ -196,7 +213,8 @@ class Loop(Primitive):
         from .scalar import second_partials
 
         spec = eqn.params
-        if spec.points() > self.SPARSITY_POINTS:
+        if spec.points() > self.SPARSITY_POINTS or has_keys(spec):
+            # (a keyed read reaches elements only the data know: the conservative rule)
             return super().sparsity(eqn, deps, pattern)
         m = len(eqn.inputs)
         first, second = second_partials(spec.body, m)
@@ -254,31 +272,92 @@ def loop_partials(body, m):
 def loop(b, dims, inputs, reads, body, shape, out, summed=False, hint=""):
     """Emit a canonical ``loop`` equation and return its atom (``None`` for a zero body).
 
-    Literal inputs are folded into the body; inputs the body does not use, and repeated
-    (input, read) pairs, are dropped and the placeholders renumbered in order of use."""
+    Literal inputs are folded into the body (and into the indices, for a literal key);
+    inputs neither the body nor an index uses, and repeated (input, read) pairs, are
+    dropped and the placeholders renumbered: keys first, then in order of use."""
     body = sp.sympify(body)
     lits = {placeholder(k): number(a.value) for k, a in enumerate(inputs) if isinstance(a, Lit)}
     if lits:
         body = body.xreplace(lits)
+        ilits = {p: sp.Integer(int(v)) for p, v in lits.items()}
+        reads = [tuple(sp.sympify(i).xreplace(ilits) for i in r) for r in reads]
+        out = tuple(sp.sympify(i).xreplace(ilits) for i in out)
     if body == 0:
         return None
     free = body.free_symbols
+    used_keys = set(keys_in(out))
+    for k, r in enumerate(reads):
+        if placeholder(k) in free:
+            used_keys |= keys_in(r)
     slot, ren, keep, keep_reads = {}, {}, [], []
+
+    def take(k, a, r):
+        key = (a.id, r)
+        if key not in slot:
+            slot[key] = len(keep)
+            keep.append(a)
+            keep_reads.append(r)
+        ren[placeholder(k)] = placeholder(slot[key])
+
+    for k, a in enumerate(inputs):  # keys: scalars, read at ()
+        if placeholder(k) in used_keys and isinstance(a, Var):
+            take(k, a, ())
+    fix = lambda idx: tuple(sp.sympify(i).xreplace(ren) for i in idx)  # noqa: E731
     for k, (a, r) in enumerate(zip(inputs, reads)):
-        p = placeholder(k)
-        if isinstance(a, Var) and p in free:
-            key = (a.id, tuple(r))
-            if key not in slot:
-                slot[key] = len(keep)
-                keep.append(a)
-                keep_reads.append(tuple(r))
-            ren[p] = placeholder(slot[key])
+        if isinstance(a, Var) and placeholder(k) in free:
+            take(k, a, fix(r))
     body = body.xreplace(ren)
+    out = fix(out)
     summed = bool(summed) and any(type_of(a)[1] for a in keep)
     dims, keep_reads, body, out = _single_points(dims, keep_reads, body, out)
     dims = _order(dims, keep, keep_reads, tuple(shape), out)
     spec = LoopSpec(tuple(dims), tuple(keep_reads), body, tuple(shape), tuple(out), summed)
     return b.emit("loop", keep, spec, hint=hint)
+
+
+def keys_in(index):
+    """The key placeholders of an index (a tuple of sympy expressions)."""
+    return {s for i in index for s in sp.sympify(i).free_symbols if _PH.fullmatch(s.name)}
+
+
+def has_keys(spec):
+    return bool(keys_in(spec.out)) or any(keys_in(r) for r in spec.reads)
+
+
+def split_key(expr, where):
+    """``(key placeholder or None, rest)`` of one index: ``expr = key + rest``, or a
+    :class:`GradcError` naming ``where`` when a key has another coefficient or there are
+    two."""
+    expr = sp.expand(sp.sympify(expr))
+    ks = sorted(keys_in((expr,)), key=str)
+    if not ks:
+        return None, expr
+    if len(ks) > 1:
+        raise GradcError(f"{where}: one index uses two data values; an index may hold one "
+                         "data symbol (plus loop indices)")
+    k = ks[0]
+    rest = sp.expand(expr - k)
+    if rest.has(k):
+        raise GradcError(f"{where}: a data symbol used as an index must appear with "
+                         "coefficient 1 (index = data symbol + loop indices + constant)")
+    return k, rest
+
+
+def key_ranges(spec, shapes):
+    """{key placeholder: (lo, hi)}: the values of each key that keep every access of the
+    nest inside its array (``shapes``: per input, then the result's), for every point."""
+    out = {}
+    accesses = list(zip(spec.reads, shapes)) + [(spec.out, tuple(spec.shape))]
+    for idx, shape in accesses:
+        for i, d in zip(idx, shape):
+            k, rest = split_key(i, "loop")
+            if k is None:
+                continue
+            lo = -extreme(rest, spec.dims, -1)
+            hi = d - 1 - extreme(rest, spec.dims, 1)
+            a, z = out.get(k, (lo, hi))
+            out[k] = (max(a, lo), min(z, hi))
+    return out
 
 
 def _single_points(dims, reads, body, out):
@@ -397,9 +476,49 @@ class LoopWriter:
             taken.add(name)
             self.names[sym] = sp.Symbol(name, integer=True)
         self.loop_batched = any(type_of(a)[1] for a in eqn.inputs)
+        ks = keys_in(self.spec.out).union(*(keys_in(r) for r in self.spec.reads))
+        self.keys = {k: sp.Symbol(f"key{k.name[2:]}", integer=True)
+                     for k in sorted(ks, key=lambda s: int(s.name[2:]))}
+        self.subs = {**self.names, **self.keys}
 
     def index(self, expr):
-        return self.ctx.printer.doprint(sp.sympify(expr).xreplace(self.names))
+        return self.ctx.printer.doprint(sp.sympify(expr).xreplace(self.subs))
+
+    def key_checks(self):
+        """(lines before the nest, lines at the start of each example): each key's values
+        checked once per kernel against the range that keeps every access inside its
+        array, then read as an integer."""
+        if not self.keys:
+            return [], []
+        e, spec, ctx = self.e, self.spec, self.ctx
+        shapes = [type_of(a)[0] for a in e.inputs]
+        ranges = key_ranges(spec, shapes)
+        done = ctx.__dict__.setdefault("checked_keys", set())
+        before, each = [], []
+        for ph, name in self.keys.items():
+            atom = e.inputs[int(ph.name[2:])]
+            lo, hi = ranges[ph]
+            arr = ctx.name(atom)
+            what = next((f"it indexes {a.hint or repr(a)}, shape {shape_text(type_of(a)[0])}"
+                         for a, r in zip(e.inputs, spec.reads) if ph in keys_in(r)),
+                        f"it indexes the result, shape {shape_text(spec.shape)}")
+            batched = type_of(atom)[1]
+            if (atom.id, lo, hi) not in done:
+                done.add((atom.id, lo, hi))
+                head = f"{'data' if batched else 'const'} {atom.hint or repr(atom)}"
+                tail = f": as an index it must be an integer in {lo}..{hi} ({what})"
+                if batched:
+                    before += [f"bad = _rt.first_bad_index({arr}, {lo}, {hi})",
+                               "if bad >= 0:",
+                               f"    raise _rt.DataIndexError({head + '['!r} + str(bad) + "
+                               f"'] = ' + _rt.index_text({arr}[bad]) + {tail!r})"]
+                else:
+                    before += [f"if not _rt.valid_index({arr}, {lo}, {hi}):",
+                               f"    raise _rt.DataIndexError({head + ' = '!r} + "
+                               f"_rt.index_text({arr}) + {tail!r})"]
+            (each if batched else before).append(
+                f"{name} = int({arr}[e])" if batched else f"{name} = int({arr})")
+        return before, each
 
     def flat(self, idx, shape):
         expr = sp.S.Zero
@@ -523,7 +642,8 @@ class LoopWriter:
             alloc = "empty"  # every element written once
         else:
             alloc = "zeros"
-        lines = [f"# {out}: {describe_nest(spec)}" + (" and the batch" if spec.summed else "")]
+        lines = [f"# {out}: {describe_nest(spec) or 'one element'}" +
+                 (" and the batch" if spec.summed else "")]
         if isb:
             lines.append(f"{out} = np.{alloc}((n, {size_of(shape)}))" if shape
                          else f"{out} = np.{alloc}(n)")
@@ -532,10 +652,13 @@ class LoopWriter:
         elif spec.summed or not (direct and lead < len(dims)):
             lines.append(f"{out} = 0.0")
         pad = ""
+        before, each = self.key_checks()
+        lines += before
         if self.loop_batched:
             rng = "prange" if (ctx.parallel and not spec.summed) else "range"
             lines.append(f"for e in {rng}(n):")
             pad = "    "
+            lines += [pad + s for s in each]
         target = self.target(out, shape, isb)
         split = direct and lead < len(dims) and self.split_reduction(dims[lead:])
         for k, (sym, lo, hi) in enumerate(dims):
@@ -582,8 +705,9 @@ class LoopWriter:
         spec, e = self.spec, self.e
         names = {}
         hoisted = []
+        used = spec.body.free_symbols
         for k, (a, r) in enumerate(zip(e.inputs, spec.reads)):
-            if isinstance(a, Var) and (a.shape or a.batched) and not any(
+            if placeholder(k) in used and isinstance(a, Var) and (a.shape or a.batched) and not any(
                     sp.sympify(i).has(sym) for i in r):
                 names[k] = f"r{k}"
                 hoisted.append(pad + f"r{k} = {self.access(a, r)}")
