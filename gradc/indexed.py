@@ -13,7 +13,11 @@ index range, so the program's size does not depend on the extents.
   its bounds may depend on the outer ones (triangular ranges).
 * Inside a loop body, a subexpression that uses only some of the loop's indices and calls
   a function (``Max(z, 0)``, ``tanh``, a power) is *hoisted*: computed once per value of
-  its own indices into a tensor temporary, not once per point of the nest.  A
+  its own indices into a tensor temporary, not once per point of the nest.  So is a
+  subexpression that reads nothing batched inside a body that does, when it calls a
+  function or combines two reads (``exp(q[k, j])``, or ``D[k, j, m] + L[k, j, m]`` beside
+  ``x[m]``): it is computed once for the batch, not once per example, and the body that
+  is left is often a contraction (one matrix product).  A
   subexpression that uses no loop index is lowered as an ordinary scalar, outside.
 * ``x[a, b]`` reads an ``IndexedBase`` input (or a hoisted tensor) at affine indices; a
   read at integer indices outside any loop is an ``element``.
@@ -54,6 +58,23 @@ def _heavy(node) -> bool:
     if isinstance(node, sp.Pow):
         return not (node.exp.is_Integer and 0 < int(node.exp) <= 4)
     return isinstance(node, (Application, sp.Piecewise)) and not isinstance(node, sp.KroneckerDelta)
+
+
+def _worth(node) -> bool:
+    """A batch-invariant node worth a tensor of its own: a function call, or arithmetic
+    on at least two array reads (``exp(q[k, j]) * mu[k, j]``, ``D[k, j, m] + L[k, j, m]``),
+    which a batched body would otherwise recompute for every example."""
+    if _heavy(node):
+        return True
+    if not isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
+        return False
+    count = 0
+    for n in sp.preorder_traversal(node):
+        if isinstance(n, (sp.Indexed, sp.Sum)) or _heavy(n):
+            count += 1
+            if count >= 2:
+                return True
+    return False
 
 
 def _ranges_text(dims):
@@ -303,6 +324,7 @@ class IndexLowerer:
             else:
                 ix[n] = frozenset().union(*(ix.get(a, frozenset()) for a in n.args))
         inputs, reads, names, slot = [], [], [], {}
+        batched_body = self.reads_batched(expr)
 
         def read(atom, where, source=None):
             if isinstance(atom, Lit):
@@ -340,7 +362,9 @@ class IndexLowerer:
                 if self.free_symbols_of(n, dims):
                     return None
                 return read(base, self.keyed(n, dims, read), n)
-            if mine and mine < syms and _heavy(n) and not (ix.get(n) - syms):
+            if mine and not (ix.get(n) - syms) and (
+                    (mine < syms and _heavy(n)) or
+                    (batched_body and _worth(n) and not self.reads_batched(n))):
                 atom, where = self.map_tensor(n, dims, mine)
                 return read(atom, where)
             return None
@@ -367,6 +391,17 @@ class IndexLowerer:
             stack.extend((a, False) for a in n.args if a not in done)
         self.check_reads(dims, inputs, reads, names)
         return done[expr], inputs, reads
+
+    def reads_batched(self, expr):
+        """Whether ``expr`` reads a value that changes from example to example."""
+        from .frontend import postorder
+
+        for n in postorder(expr):
+            v = self.L.bases.get(n.base) if isinstance(n, sp.Indexed) else \
+                self.L.memo.get(n) if isinstance(n, sp.Symbol) else None
+            if isinstance(v, Var) and v.batched:
+                return True
+        return False
 
     def free_index_error(self, node, dims):
         syms = {s for s, _, _ in dims}

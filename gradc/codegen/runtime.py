@@ -171,7 +171,7 @@ def rowsum(a):
     return out
 
 
-def _lse_row(a, i):
+def _lse_row(a, i, buf):
     m = a.shape[1]
     top = a[i, 0]
     for j in range(1, m):  # a plain max (vectorises); a NaN after the first is skipped
@@ -181,24 +181,26 @@ def _lse_row(a, i):
         for j in range(m):
             top = maximum(top, a[i, j])
         return top
-    s = 0.0
-    for j in range(m):  # a skipped NaN makes s, and so the result, NaN
-        s += vmath.exp(a[i, j] - top)
-    return top + vmath.log(s)  # s >= 1
+    for j in range(m):  # the exponentials in one vectorised pass, then their sum
+        buf[j] = vmath.exp(a[i, j] - top)
+    # (a skipped NaN makes the sum, and so the result, NaN)
+    return top + vmath.log(vsum(buf, m))  # the sum is >= 1
 
 
 def rowlse(a):
     """Per-row log-sum-exp, shifted by the row maximum (no overflow)."""
     n = a.shape[0]
     out = np.empty(n)
+    buf = np.empty(a.shape[1])
     for i in range(n):
-        out[i] = _lse_row(a, i)
+        out[i] = _lse_row(a, i, buf)
     return out
 
 
 def lse_all(a):
     """Log-sum-exp of all elements of a 2-D array."""
-    return _lse_row(np.ascontiguousarray(a).reshape(1, -1), 0)
+    flat = np.ascontiguousarray(a).reshape(1, -1)
+    return _lse_row(flat, 0, np.empty(flat.shape[1]))
 
 
 def rowdot(a, b):
