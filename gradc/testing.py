@@ -370,10 +370,9 @@ def _expand_indexed(expr, elements):
            if isinstance(n, FunctionMatrix)}
     if rep:
         expr = expr.xreplace(rep)
-    expr = expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: e.doit())
+    expr = _expand_sums(expr)
     if isinstance(expr, sp.MatrixBase):
-        expr = expr.applyfunc(lambda v: v.replace(lambda e: isinstance(e, sp.Sum),
-                                                  lambda e: e.doit()))
+        expr = expr.applyfunc(_expand_sums)
     bases = {n for n in postorder(expr) if isinstance(n, sp.IndexedBase)}
     table = {}
     for base in bases:
@@ -385,6 +384,28 @@ def _expand_indexed(expr, elements):
             syms.append(sym)
         elements[base] = syms
     return expr.xreplace(table)
+
+
+def _expand_sums(expr):
+    """Every ``Sum`` written out term by term, outermost limit first (so a triangular
+    range ``(m, 0, j - 1), (j, 0, d - 1)`` gets integer bounds before it is expanded);
+    sympy's ``doit`` leaves such sums of array elements unevaluated."""
+    def ready(e):
+        return isinstance(e, sp.Sum) and all(sp.sympify(b).is_Integer for b in e.limits[-1][1:])
+
+    def expand(e):
+        s, lo, hi = e.limits[-1]
+        if int(hi) < int(lo) - 1:
+            raise AssertionError(f"{e}: a backwards range (Karr's convention) in an oracle")
+        inner = e.function if len(e.limits) == 1 else sp.Sum(e.function, *e.limits[:-1])
+        return sp.Add(*[inner.xreplace({s: sp.Integer(v)}) for v in range(int(lo), int(hi) + 1)])
+
+    while expr.has(sp.Sum):
+        new = expr.replace(ready, expand)
+        if new == expr:
+            raise AssertionError(f"sums with symbolic bounds left in {expr}")
+        expr = new
+    return expr
 
 
 def _flat_symbols(syms, elements):

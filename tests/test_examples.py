@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
+import gradc
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
@@ -172,3 +174,36 @@ def test_saddle_points(tmp_path):
     mins = sorted(tuple(p["point"]) for p in points if p["kind"] == "minimum")
     assert len(mins) == 2
     np.testing.assert_allclose(mins[0], mins[1][::-1], atol=1e-8)
+
+
+def test_adbench_gmm(tmp_path):
+    r = run("adbench_gmm", tmp_path)
+    small, large = r["equations"]
+    assert small == large  # d=64, K=100 has the program of d=2, K=5: nothing unrolled
+    assert r["reference_fd_error"] < 1e-6  # the numpy reference's own gradient
+    for row in r["sizes"]:
+        assert row["value_rel_err"] < 1e-9 and row["grad_rel_err"] < 1e-9, row
+    fit = r["fit"]
+    assert fit["final"] < 0.2 * fit["start"]
+    assert fit["centre_error"] < 0.2  # the three clusters found
+
+
+def test_adbench_gmm_against_sympy_oracle():
+    """The GMM objective at a small size against sympy.diff of its expanded form, in both
+    forms, and the unused part of L gets exactly zero gradient."""
+    from gradc.testing import check_against_sympy, check_grads
+
+    gmm = load("adbench_gmm")
+    d, K, n = 3, 2, 6
+    for form in ("adbench", "fit"):
+        loss, wrt, data, consts = gmm.gmm_model(d, K, form=form)
+        fn = gradc.compile(loss, wrt=wrt, data=data, consts=consts, reduce="sum", jit=False)
+        params, icf, X = gmm.random_problem(d, K, n, seed=3)
+        cargs = (n, 0.7, 1, gmm.constant(d, K, n, 0.7, 1))
+        check_against_sympy(fn, params, X, *cargs, rtol=1e-10)
+        check_grads(fn, params, X, *cargs)
+        v, g = fn.value_and_grad(params, X, *cargs)
+        rv, rg = gmm.reference(params[0], params[1], icf, X, 0.7, 1, form=form)
+        assert abs(v - rv) <= 1e-12 * abs(rv)
+        np.testing.assert_allclose(gmm.pack_icf(g[2], g[3]), rg[2], rtol=1e-10, atol=1e-12)
+        assert np.all(np.triu(g[3]) == 0.0)
