@@ -77,3 +77,23 @@ def settle(limit=1.0):
         time.sleep(0.002)
         if time.process_time() - c0 < 2e-4:
             return
+
+
+def medians(cases, rounds):
+    """Median seconds of each of ``cases`` (name -> callable), sampled round-robin (every
+    case once per round, after :func:`settle`) so that slow phases of a noisy machine hit
+    all of them alike; one warm-up call each first."""
+    import time
+
+    import numpy as np
+
+    for f in cases.values():
+        f()
+    times = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, f in cases.items():
+            settle()
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}

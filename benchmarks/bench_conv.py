@@ -33,7 +33,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _single  # noqa: E402  (one thread per library, one CPU)
-from _single import settle  # noqa: E402
+from _single import medians  # noqa: E402
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -184,19 +184,6 @@ def torch_conv(P, X, L):
 
 
 # ------------------------------------------------------------------------------ timing
-def medians(cases, rounds):
-    for f in cases.values():
-        f()
-    times = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, f in cases.items():
-            settle()
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def check(name, got, want):
     v, g = got
     wv, wg = want

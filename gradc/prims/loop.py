@@ -189,6 +189,21 @@ class Loop(Primitive):
                          summed)
                 out.append(Summed(c) if summed and c is not None else c)
                 continue
+            sib = None if xb or not shape or keys_in(spec.reads[k]) else next(
+                (i for i in range(m) if i != k and active[i] and ds[i] == ds[k]
+                 and type_of(eqn.inputs[i]) == (shape, True)
+                 and tuple(spec.reads[i]) == tuple(spec.reads[k])), None)
+            if sib is not None:
+                # a batched input read at the same index with the same partial (z[e, k, j]
+                # beside a bias c[k, j]): its cotangent is this one before the sum over
+                # the batch, so this one is that tensor summed, not the nest again
+                g = loop(b, spec.dims, inputs, reads, ds[k] * ctp, shape, spec.reads[k])
+                if g is not None and type_of(g)[1]:
+                    idx = tuple(sp.Symbol(f"t{a}", integer=True) for a in range(len(shape)))
+                    whole = tuple((s, sp.S.Zero, sp.Integer(d - 1)) for s, d in zip(idx, shape))
+                    c = loop(b, whole, [g], [idx], placeholder(0), shape, idx, True)
+                    out.append(Summed(c) if c is not None else c)
+                    continue
             body = ds[k] * ctp
             # summed over the batch here only if this body reads a batched value; else
             # gradc.ad.total sums the batch-invariant contribution (times n)
