@@ -16,7 +16,9 @@ Contract
 
 So ``out = zeros(shape)``, then ``out[out_index] += body`` for every point of the nest: a
 map when ``out`` names every index once, a reduction when it leaves indices out, a
-scatter-add when it is any other affine map.
+scatter-add when it is any other affine map.  Elements no point reaches are 0.  The
+result is batched when an input is, unless ``summed``: then the examples of the batch are
+one more reduction index and the result is batch-invariant.
 
 *Gathers by data index*: an index (of a read or of the written index) may also hold one
 *key*, the placeholder of a scalar input whose value is an integer (a data symbol such as
@@ -27,9 +29,7 @@ inside its array (:func:`key_ranges`), and a bad value raises a
 :class:`gradc.codegen.runtime.DataIndexError` (a :class:`gradc.GradcError` and an
 ``IndexError``) naming the data symbol and the example.  The
 cotangent of a gathered input is a scatter-add at the same keyed index, summed over the
-batch in example order (never in parallel: deterministic).  Elements no point reaches are 0.  The
-result is batched when an input is, unless ``summed``: then the examples of the batch are
-one more reduction index and the result is batch-invariant.
+batch in example order (never in parallel: deterministic).
 
 The family is closed under both AD transforms, so nothing is ever unrolled: the tangent is
 the same nest over the inputs and their tangents (the body's partials from
