@@ -6,12 +6,18 @@ Usage::
     python benchmarks/bench_gemm.py                              # this machine's BLAS setting
     python benchmarks/bench_gemm.py --openblas-coretype SkylakeX # OpenBLAS's AVX-512 kernels
     python benchmarks/bench_gemm.py --no-jax
+    python benchmarks/bench_gemm.py --tall                       # tall, narrow results only
 
 Single-threaded and pinned to one CPU (``_single.py``).  Prints Gflop/s (medians) for the
 two layouts the MLP kernels use: ``X W^T`` (a batch of ``W x``) and ``G^T X`` (a weight
 gradient summed over the batch).  This is where docs/performance.md's explanation of the
 MLP results against JAX comes from: the products are most of gradc's time there, and
 gradc does not choose the BLAS kernels.
+
+``--tall`` times tall, narrow results ``A^T X`` (m x k times k x n2 with m >= 8 n2, the
+GMM's gradient of its (K d, d) matrices summed over the points): ``np.dot`` as written
+against ``np.dot`` of the transpose plus the copy back, which is what gradc's
+``_rt.contract`` does for these shapes, and ``_rt.contract`` itself.
 """
 
 import os
@@ -84,7 +90,37 @@ def jax_products():
     return jax, jax.jit(lambda a, b: a @ b.T), jax.jit(lambda g, a: g.T @ a)
 
 
+@numba.njit(error_model="numpy")
+def blas_atx_transposed(A, X, out):
+    t = np.dot(X.T, A)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = t[j, i]
+    return out
+
+
+def tall():
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from gradc.codegen import runtime as rt
+
+    rng = np.random.default_rng(0)
+    print(f"{'k, m, n2':>18s} {'direct':>9s} {'transposed':>11s} {'contract':>9s}   ms; "
+          "direct / transposed")
+    for k, m, n2 in [(1000, 250, 10), (1000, 1000, 20), (1000, 6400, 64), (10000, 1000, 10),
+                     (1000, 200, 25)]:
+        A, X, out = rng.normal(size=(k, m)), rng.normal(size=(k, n2)), np.empty((m, n2))
+        d = median(lambda: blas_gtx(A, X))
+        tr = median(lambda: blas_atx_transposed(A, X, out))
+        c = median(lambda: rt.contract(out, A, X, True, False, m, k, n2))
+        assert np.allclose(out, A.T @ X)
+        print(f"{str((k, m, n2)):>18s} {d * 1e3:9.3f} {tr * 1e3:11.3f} {c * 1e3:9.3f}   "
+              f"{d / tr:.2f}")
+
+
 def main():
+    if "--tall" in sys.argv:
+        tall()
+        return
     print(f"numpy {np.__version__}, numba {numba.__version__}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}; "
           f"{_single.describe()}")

@@ -60,21 +60,14 @@ def _heavy(node) -> bool:
     return isinstance(node, (Application, sp.Piecewise)) and not isinstance(node, sp.KroneckerDelta)
 
 
-def _worth(node) -> bool:
+def _worth(node, calls) -> bool:
     """A batch-invariant node worth a tensor of its own: a function call, or arithmetic
     on at least two array reads (``exp(q[k, j]) * mu[k, j]``, ``D[k, j, m] + L[k, j, m]``),
-    which a batched body would otherwise recompute for every example."""
+    which a batched body would otherwise recompute for every example (``calls``: per node,
+    its reads and calls counted up to 2)."""
     if _heavy(node):
         return True
-    if not isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return False
-    count = 0
-    for n in sp.preorder_traversal(node):
-        if isinstance(n, (sp.Indexed, sp.Sum)) or _heavy(n):
-            count += 1
-            if count >= 2:
-                return True
-    return False
+    return isinstance(node, (sp.Add, sp.Mul, sp.Pow)) and calls.get(node, 0) >= 2
 
 
 def _ranges_text(dims):
@@ -323,8 +316,16 @@ class IndexLowerer:
                     {lm[0] for lm in n.limits}
             else:
                 ix[n] = frozenset().union(*(ix.get(a, frozenset()) for a in n.args))
+        # per node, bottom up (one pass, not one walk per node): whether it reads a value
+        # that changes from example to example, and how many array reads or function calls
+        # it holds (counted up to 2: enough for _worth)
+        batched, calls = {}, {}
+        for n in order:
+            batched[n] = self.batched_leaf(n) or any(batched.get(a, False) for a in n.args)
+            own = isinstance(n, (sp.Indexed, sp.Sum)) or _heavy(n)
+            calls[n] = min(2, int(own) + sum(calls.get(a, 0) for a in n.args))
+        batched_body = batched.get(expr, False)
         inputs, reads, names, slot = [], [], [], {}
-        batched_body = self.reads_batched(expr)
 
         def read(atom, where, source=None):
             if isinstance(atom, Lit):
@@ -364,7 +365,7 @@ class IndexLowerer:
                 return read(base, self.keyed(n, dims, read), n)
             if mine and not (ix.get(n) - syms) and (
                     (mine < syms and _heavy(n)) or
-                    (batched_body and _worth(n) and not self.reads_batched(n))):
+                    (batched_body and not batched.get(n, False) and _worth(n, calls))):
                 atom, where = self.map_tensor(n, dims, mine)
                 return read(atom, where)
             return None
@@ -392,16 +393,11 @@ class IndexLowerer:
         self.check_reads(dims, inputs, reads, names)
         return done[expr], inputs, reads
 
-    def reads_batched(self, expr):
-        """Whether ``expr`` reads a value that changes from example to example."""
-        from .frontend import postorder
-
-        for n in postorder(expr):
-            v = self.L.bases.get(n.base) if isinstance(n, sp.Indexed) else \
-                self.L.memo.get(n) if isinstance(n, sp.Symbol) else None
-            if isinstance(v, Var) and v.batched:
-                return True
-        return False
+    def batched_leaf(self, n):
+        """Whether ``n`` is an array read or symbol whose value changes per example."""
+        v = self.L.bases.get(n.base) if isinstance(n, sp.Indexed) else \
+            self.L.memo.get(n) if isinstance(n, sp.Symbol) else None
+        return isinstance(v, Var) and v.batched
 
     def free_index_error(self, node, dims):
         syms = {s for s, _, _ in dims}

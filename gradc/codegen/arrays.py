@@ -66,6 +66,7 @@ class ArrayKernel(KernelWriter):
         self.reused = {}  # out id -> the id of the dead array whose buffer it took
         self.sums_done = set()  # batch sums accumulated inside the loop producing their input
         self.sum_stage = {}
+        self.checked_keys = set()  # (data index, range) checks a loop nest already made
         self.last_stage = self.last_uses(stages)
         for k, stage in enumerate(stages):
             if registry[stage[0].prim].elementwise:

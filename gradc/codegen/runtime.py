@@ -253,8 +253,8 @@ def contract(out, a, b, ta, tb, m, k, n2):
     A = np.ascontiguousarray(a).reshape((k, m) if ta else (m, k))
     B = np.ascontiguousarray(b).reshape((n2, k) if tb else (k, n2))
     if m >= 8 * n2 and n2 <= 64:
-        # a tall, narrow result: OpenBLAS is up to 1.9x faster computing its transpose
-        # (a short, wide product) and the copy back is cheap next to it
+        # a tall, narrow result: OpenBLAS computes its transpose (a short, wide product)
+        # faster, and the copy back is cheap next to it (benchmarks/bench_gemm.py --tall)
         t = np.empty((n2, m))
         # (one np.dot per layout: a conditional expression would give numba an array of
         # unknown layout, and its slow non-BLAS product)

@@ -508,7 +508,7 @@ class LoopWriter:
         e, spec, ctx = self.e, self.spec, self.ctx
         shapes = [type_of(a)[0] for a in e.inputs]
         ranges = key_ranges(spec, shapes)
-        done = ctx.__dict__.setdefault("checked_keys", set())
+        done = ctx.checked_keys  # the kernel's straight-line code: one check is enough
         before, each = [], []
         for ph, name in self.keys.items():
             atom = e.inputs[int(ph.name[2:])]
