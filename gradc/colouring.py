@@ -19,7 +19,9 @@ colouring exactly when it is proper and no edge ``(u, v)`` has two neighbours of
 colour at ``u`` *and* two of ``u``'s colour at ``v`` (that is a two-coloured path
 ``x-u-v-y``).
 
-The greedy colouring visits vertices by decreasing degree (largest first) and gives each
+The column colouring is compiled (numba): its work is the sum over rows of the squared
+row length, a few milliseconds for a bundle adjustment problem's 100,000 rows.  The greedy
+star colouring visits vertices by decreasing degree (largest first) and gives each
 the smallest colour that keeps the partial colouring a star colouring; its cost is the
 sum over vertices of the squared degree.  Nothing here recurses.
 """
@@ -27,6 +29,7 @@ sum over vertices of the squared degree.  Nothing here recurses.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 def _graph(pattern):
@@ -150,14 +153,29 @@ def column_colouring(pattern):
     with a nonzero in the same row share a colour: one JVP per colour recovers the
     Jacobian (:class:`ColumnRecovery`)."""
     m = pattern.tocsc()
-    rows_of = [m.indices[m.indptr[j]:m.indptr[j + 1]] for j in range(m.shape[1])]
     mr = pattern.tocsr()
-    cols_of = [mr.indices[mr.indptr[i]:mr.indptr[i + 1]] for i in range(mr.shape[0])]
-    colour = np.full(m.shape[1], -1, dtype=np.int64)
-    for j in sorted(range(m.shape[1]), key=lambda j: -len(rows_of[j])):
-        forbidden = {int(colour[k]) for r in rows_of[j] for k in cols_of[r] if colour[k] >= 0}
+    order = np.argsort(-np.diff(m.indptr), kind="stable")  # most rows first
+    return _greedy_columns(order, m.indptr.astype(np.int64), m.indices.astype(np.int64),
+                           mr.indptr.astype(np.int64), mr.indices.astype(np.int64))
+
+
+@njit(cache=True)
+def _greedy_columns(order, cp, ci, rp, ri):  # pragma: no cover - compiled
+    """Greedy distance-2 colouring of the columns (csc ``cp, ci``; csr ``rp, ri``) in
+    ``order``: each column gets the smallest colour no column sharing a row has.  Work:
+    the sum over rows of the squared row length."""
+    ncols = order.size
+    colour = np.full(ncols, -1, dtype=np.int64)
+    mark = np.full(ncols + 1, -1, dtype=np.int64)  # mark[c] == j: colour c is forbidden for j
+    for j in order:
+        for a in range(cp[j], cp[j + 1]):
+            r = ci[a]
+            for b in range(rp[r], rp[r + 1]):
+                c = colour[ri[b]]
+                if c >= 0:
+                    mark[c] = j
         c = 0
-        while c in forbidden:
+        while mark[c] == j:
             c += 1
         colour[j] = c
     return colour

@@ -200,6 +200,18 @@ def hvp_block_spec(vjp, copies, kind):
                       "directions), by forward over reverse mode.")
 
 
+def jvp_block_spec(prog, copies):
+    """The ``jvp_block`` kernel: ``(value, J t_0, ..., J t_{k-1})`` for k directions given
+    as the rows of one ``(k, P)`` array (scalar parameters) or as one flat tuple of k
+    parameter tuples (matrix parameters): one primal pass shared by all."""
+    fo = jvp_program(prog, copies=copies)
+    groups = [("scalar", fo.outputs[:1])] + [("scalar", fo.outputs[1 + c:2 + c])
+                                             for c in range(copies)]
+    return KernelSpec("jvp_block", fo, tuple(groups),
+                      f"(value, then the directional derivatives along {copies} directions), "
+                      "by forward mode.")
+
+
 def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
     return compile(expr, wrt, data, consts, reduce=reduce, jit=jit, parallel=parallel)
 
@@ -630,27 +642,20 @@ class CompiledFunction:
             self._second["pattern"] = hessian_pattern(self._value_program())
         return self._second["pattern"].copy()
 
-    def _coloured_jacobian_wins(self, args):
-        """``mode="auto"``: whether coloured JVP sweeps are predicted faster than the
-        planned chain accumulation (always, for matrix parameters, which the chain
-        planner does not take).  Functions with data and a reduction keep the chain
-        planner: their Jacobians are per example whatever the reduction."""
+    def _coloured_jacobian_wins(self):
+        """``mode="auto"`` without data: whether coloured JVP sweeps are predicted faster
+        than the planned chain accumulation (always, for matrix parameters, which the
+        chain planner does not take)."""
         from .hessian import jvp_sweep_seconds
-        from .planner.calibrate import MOVE_SECONDS
 
         if any(_shape(s) not in ((), (1, 1)) and 1 not in _shape(s) for s in self.wrt):
             return True
-        if self.data and self.reduce is not None:
-            return False
-        n = int(np.shape(args[0])[0]) if self.data and args else 1
         try:
             planned = self.plan.seconds[self.plan.auto]
         except GradcError:
             return True
-        # the chain planner runs once per example, from Python
-        planned = n * (planned + (MOVE_SECONDS if self.data else 0.0))
         k = self._jacobian_colouring().ncolours
-        return k * jvp_sweep_seconds(self, n) < planned
+        return k * jvp_sweep_seconds(self) < planned
 
     def _jacobian_colouring(self, how="columns"):
         """The column (JVP) or row (VJP) colouring of the Jacobian pattern and its
@@ -666,14 +671,51 @@ class CompiledFunction:
                 self._second[key] = RowRecovery(pattern, column_colouring(pattern.T.tocsr()))
         return self._second[key]
 
-    def jacobian_sparsity(self):
+    def jacobian_sparsity(self, *args):
         """The exact structural pattern of the Jacobian of the flattened output with
-        respect to the flattened parameters: a boolean ``(outputs, P)`` csr matrix."""
+        respect to the flattened parameters: a boolean ``(outputs, P)`` csr matrix, the
+        same for every example.
+
+        Given the data (and consts) after params would be, for a function with data and
+        ``reduce=None``: the pattern of the Jacobians of all ``n`` examples stacked, the
+        one :meth:`jacobian` with ``sparse=True`` returns (``(n * outputs, P)``, rows
+        example-major), exact for those data: a read at a data index (``cams[ci, 0]``)
+        depends on the one element the index names in each example, where without the
+        data it depends on every element it could name.  This is the ``jac_sparsity``
+        that ``scipy.optimize.least_squares`` takes."""
         from .sparsity import jacobian_pattern
 
+        if args:
+            if not self.data or self.reduce is not None:
+                raise GradcError("jacobian_sparsity(*data) is the pattern of per-example "
+                                 "Jacobians: compile with data and reduce=None")
+            from .hessian import stacked_colouring
+
+            return stacked_colouring(self, self._args(args)).pattern.copy()
         if "jpattern" not in self._second:
             self._second["jpattern"] = jacobian_pattern(self._value_program())
         return self._second["jpattern"].copy()
+
+    def _has_keys(self):
+        """Some array is read at a data index (a gather: the Jacobian's pattern depends on
+        the data)."""
+        from .prims.loop import has_keys
+
+        if "keyed" not in self._second:
+            self._second["keyed"] = any(e.prim == "loop" and has_keys(e.params)
+                                        for e in self._value_program().eqns)
+        return self._second["keyed"]
+
+    def _per_example(self):
+        """This function compiled with ``reduce=None`` (for per-example Jacobians of a
+        function that reduces over the batch), compiled on first use."""
+        if self.reduce is None:
+            return self
+        if "per_example" not in self._second:
+            self._second["per_example"] = compile(self.expr, self.wrt, self.data, self.consts,
+                                                  reduce=None, jit=self.jit,
+                                                  parallel=self.parallel)
+        return self._second["per_example"]
 
     def _hessian_plan_for(self, n):
         from .hessian import plan_hessian
@@ -715,6 +757,26 @@ class CompiledFunction:
             kernels = backend.load(source, bkey, ["hvp_block"], jit=self.jit,
                                    parallel=self.parallel, manifest=manifest)
             self._second[key] = kernels.hvp_block
+        return self._second[key]
+
+    def _jvp_block(self, k):
+        """The ``jvp_block`` kernel for k directions per call (per-example and sparse
+        Jacobians): like :meth:`_hvp_block`, a module of its own, compiled on first use."""
+        key = ("jblock", k)
+        if key not in self._second:
+            bkey = backend.make_key(getattr(self, "_key", ""), "jvp_block", str(k))
+            hit = backend.lookup(bkey) if self.jit else None
+            if hit is not None and hit[1] is not None:
+                source, manifest = hit
+            else:
+                spec = jvp_block_spec(self._value_program(), k)
+                source, manifest = generate(
+                    [spec], self.reduce, title=short(self.expr, 200) + f" (Jacobian, {k} "
+                    "directions per call)", version=__version__, parallel=self.parallel,
+                    param_names=[s.name for s in self.wrt] if self.scalar_params else None)
+            kernels = backend.load(source, bkey, ["jvp_block"], jit=self.jit,
+                                   parallel=self.parallel, manifest=manifest)
+            self._second[key] = kernels.jvp_block
         return self._second[key]
 
     def _sweeps(self, method):
@@ -872,9 +934,19 @@ class CompiledFunction:
         ``"forward"``, ``"reverse"``, ``"optimal"`` or ``"coloured"`` (one JVP per colour
         of a column colouring of the exact pattern :meth:`jacobian_sparsity`); all give
         the same Jacobian to rounding.  ``sparse=True`` returns a
-        ``scipy.sparse.csr_matrix`` (computed by colouring; functions without data).
-        With matrix parameters the Jacobian is computed by colouring (per example with
-        data, for ``reduce=None``).
+        ``scipy.sparse.csr_matrix`` (computed by colouring).  With matrix parameters the
+        Jacobian is computed by colouring.
+
+        With data, the Jacobian is per example, of the per-example value (whatever
+        ``reduce``), computed for the whole batch at once by compiled sweeps: ``(n, P)``
+        for a scalar output (the per-example gradients, by reverse mode, when the
+        function has them; ``mode="forward"`` or ``"coloured"`` asks for JVP sweeps),
+        ``(n, outputs, P)`` else, by coloured JVP sweeps, :data:`gradc.hessian.JVP_BLOCK`
+        directions per kernel call sharing one primal pass (the colouring is of the
+        stacked pattern of all examples, :meth:`jacobian_sparsity` given the data: a
+        bundle adjustment problem needs 15 colours whatever its size).  ``sparse=True``
+        returns the stacked ``(n * outputs, P)`` csr matrix (rows example-major), what
+        ``scipy.optimize.least_squares`` takes.
 
         Examples
         --------
@@ -892,7 +964,9 @@ class CompiledFunction:
             raise GradcError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
         if sparse not in (False, True):
             raise GradcError(f"sparse must be True or False, got {sparse!r}")
-        if sparse or mode == "coloured" or (mode == "auto" and self._coloured_jacobian_wins(args)):
+        if self.data:
+            return self._data_jacobian(params, args, mode, sparse)
+        if sparse or mode == "coloured" or (mode == "auto" and self._coloured_jacobian_wins()):
             from .hessian import coloured_jacobian
 
             return coloured_jacobian(self, params, args, sparse)
@@ -904,14 +978,21 @@ class CompiledFunction:
             p = tuple(float(v) for v in p)
         p = tuple(np.ascontiguousarray(v).reshape(_shape(s)) if _shape(s) not in ((), (1, 1))
                   else float(np.asarray(v).reshape(-1)[0]) for s, v in zip(self.wrt, p))
-        vals = self._args(args)
-        nd = len(self.data)
-        consts = vals[nd:]
+        consts = self._args(args)
         with np.errstate(all="ignore"):
-            if not self.data:
-                return eng.evaluate(p, consts, mode)
-            out = []
-            for i in range(vals[0].shape[0]):
-                per = [self._value(s, d[i], "data") for s, d in zip(self.data, vals[:nd])]
-                out.append(eng.evaluate(p, per + list(consts), mode))
-        return np.stack(out)
+            return eng.evaluate(p, consts, mode)
+
+    def _data_jacobian(self, params, args, mode, sparse):
+        """Per-example Jacobians (see :meth:`jacobian`): the per-example gradients for a
+        scalar output, else coloured JVP sweeps over the batch."""
+        from .hessian import per_example_jacobian
+
+        fn = self._per_example()
+        if (not sparse and fn.output_shape == () and mode in ("auto", "reverse", "optimal")
+                and getattr(fn.kernels, "grad", None) is not None):
+            g = fn.grad(params, *args)
+            if fn.scalar_params:
+                return np.asarray(g, dtype=np.float64).reshape(-1, fn.size)
+            n = np.shape(g[0])[0]
+            return np.concatenate([np.reshape(e, (n, -1)) for e in g], axis=1)
+        return per_example_jacobian(fn, params, args, sparse)

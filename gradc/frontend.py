@@ -547,6 +547,26 @@ class Lowerer:
         )
 
 
+def _leaves(node):
+    """The leaves of an expression: its symbols and matrix symbols, with an indexed read
+    (``cams[ci, 0]``) one leaf (not its base, its label and its index symbols)."""
+    out, stack, seen = set(), [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if isinstance(n, sp.Indexed):
+            out.add(n)
+        elif isinstance(n, (sp.Symbol, sp.MatrixSymbol)):
+            out.add(n)
+        elif isinstance(n, sp.IndexedBase):
+            out.add(n)  # lowered on its own, to the message naming it
+        else:
+            stack.extend(a for a in n.args if isinstance(a, sp.Basic))
+    return out
+
+
 def _collect_operands(node, out):
     """Append the operands of a function application in order of first appearance.
 
@@ -557,7 +577,7 @@ def _collect_operands(node, out):
         # Branches stay whole inside the body, down to their symbols: sympy then
         # differentiates each branch under its condition, so an untaken branch with an
         # infinite derivative (sqrt at 0, log below 0) cannot leak 0 * inf = nan.
-        for s in sorted(free_symbols(node), key=sp.default_sort_key):
+        for s in sorted(_leaves(node), key=sp.default_sort_key):
             if s not in out:
                 out.append(s)
         return

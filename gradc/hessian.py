@@ -24,11 +24,16 @@ numbers up to rounding; the result is exactly symmetric (each pair is read once 
 mirrored) and has exact zeros wherever the pattern does.  With ``reduce=None`` the result
 is one dense Hessian per example, ``(n, P, P)``.
 
-:func:`coloured_jacobian` computes a Jacobian with one JVP (``fn.kernels.jvp``) per colour
-of a column colouring of its exact pattern (:func:`gradc.sparsity.jacobian_pattern`):
-columns that share no row share a sweep; or, for functions without data, with one VJP
-(``fn.kernels.vjp``) per colour of a row colouring, whichever :func:`jacobian_sweeps`
-predicts faster (a function of many inputs and few outputs needs few row colours).
+:func:`coloured_jacobian` computes the Jacobian of a function without data with one JVP
+(``fn.kernels.jvp``) per colour of a column colouring of its exact pattern
+(:func:`gradc.sparsity.jacobian_pattern`): columns that share no row share a sweep; or
+with one VJP (``fn.kernels.vjp``) per colour of a row colouring, whichever
+:func:`jacobian_sweeps` predicts faster (a function of many inputs and few outputs needs
+few row colours).  :func:`per_example_jacobian` computes the Jacobians of all examples of
+a function with data at once: the pattern is that of all examples stacked (exact for the
+data's values when arrays are read at data indices, :func:`stacked_colouring`), and each
+call of a ``jvp_block`` kernel pushes :data:`JVP_BLOCK` colours through one primal pass
+over the whole batch.
 
 P counts the flattened parameters: ``wrt`` in order, matrices row-major (the layout of
 :meth:`gradc.CompiledFunction.pack`).
@@ -370,44 +375,148 @@ def jacobian_sweeps(fn):
     return "rows" if rows < cols else "columns"
 
 
+#: At most this many directions per call of the ``jvp_block`` kernel in
+#: :func:`per_example_jacobian` (the colours are split into calls of equal width, the last
+#: padded with zero directions).  One primal pass is shared by the directions of a call;
+#: the kernel's compile time grows with the width (bundle adjustment, one CPU: 3 s for the
+#: primal part plus about 0.7 s per direction).
+JVP_BLOCK = 8
+
+
+def key_values(fn, vals):
+    """``{name: int64 values}`` of the integer scalar data and consts (the inputs a read
+    at a data index can use), from checked arguments; a non-integer value is a
+    :class:`GradcError` naming the symbol and the example."""
+    out = {}
+    nd = len(fn.data)
+    for k, (sym, v) in enumerate(zip(fn.data + fn.consts, vals)):
+        if fn._shapes[sym] != () or not sym.is_integer:
+            continue
+        arr = np.asarray(v, dtype=np.float64)
+        iv = arr.astype(np.int64)
+        bad = np.flatnonzero(iv.reshape(-1) != arr.reshape(-1))
+        if bad.size:
+            role = "data" if k < nd else "const"
+            where = f"[{int(bad[0])}]" if k < nd else ""
+            raise GradcError(f"{role} {sym}{where} = {arr.reshape(-1)[bad[0]]!r}: an index "
+                             "must be an integer")
+        out[sym.name] = iv
+    return out
+
+
+def stacked_colouring(fn, vals):
+    """The exact pattern of the Jacobians of all examples stacked (``(n * outputs, P)``,
+    rows example-major; :func:`gradc.sparsity.jacobian_pattern` with the data's key
+    values) and its column colouring, as a :class:`ColumnRecovery` (the last one is kept:
+    a least-squares solver asks again for the same data)."""
+    import hashlib
+
+    from .colouring import ColumnRecovery, column_colouring
+    from .sparsity import jacobian_pattern
+
+    n = int(vals[0].shape[0])
+    keys = key_values(fn, vals)
+    h = hashlib.blake2b(str(n).encode(), digest_size=16)
+    for name in sorted(keys):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(keys[name]).tobytes())
+    digest = h.hexdigest()
+    hit = fn._second.get("stacked")
+    if hit is None or hit[0] != digest:
+        prog = fn._value_program()
+        if keys and fn._has_keys():
+            pattern = jacobian_pattern(prog, keys, n)
+        else:  # the same pattern for every example: colour one, stack the colours' reads
+            pattern = _tile_rows(fn.jacobian_sparsity(), n)
+        hit = (digest, ColumnRecovery(pattern, column_colouring(pattern)))
+        fn._second["stacked"] = hit
+    return hit[1]
+
+
+def _tile_rows(pattern, n):
+    """``n`` copies of a csr pattern stacked on the rows."""
+    from .sparsity import _scipy_sparse
+
+    m, p = pattern.shape
+    ip = (pattern.indptr[:-1][None, :] + (np.arange(n) * pattern.nnz)[:, None]).reshape(-1)
+    ip = np.concatenate([ip, [n * pattern.nnz]])
+    return _scipy_sparse().csr_matrix((np.ones(n * pattern.nnz, dtype=bool),
+                                       np.tile(pattern.indices, n), ip), shape=(n * m, p))
+
+
+def _blocks(fn, rec):
+    """``(width, seeds)``: the colours' indicator directions as ``jvp_block`` takes them,
+    in calls of equal width (14 colours and ``JVP_BLOCK = 8``: two calls of 7), kept
+    with the colouring they belong to."""
+    if getattr(rec, "blocks", None) is None:
+        k = rec.ncolours
+        calls = -(-k // JVP_BLOCK)
+        width = -(-k // calls)
+        seeds = seed_matrix(rec.colour, k)
+        tangents = [fn._params(fn.unpack(np.ascontiguousarray(seeds[:, c]), _checked=False),
+                               "tangent") for c in range(k)]
+        rec.blocks = (width, [_block_seeds(fn, tangents, s, width) for s in range(0, k, width)])
+    return rec.blocks
+
+
+def per_example_jacobian(fn, params, args, sparse=False):
+    """The Jacobians of a function with data and ``reduce=None``, one per example, from
+    compiled sweeps over the whole batch: one ``jvp_block`` call per :data:`JVP_BLOCK`
+    colours of the stacked pattern (:func:`stacked_colouring`), the directional
+    derivatives of every example read into the stacked csr matrix ``(n * outputs, P)``
+    (``sparse``), else dense: ``(n, outputs, P)``, or ``(n, P)`` for a scalar output."""
+    p = fn._params(params, "params")
+    vals = fn._args(args)
+    n = int(vals[0].shape[0])
+    m = size_of(fn.output_shape)
+    rec = stacked_colouring(fn, vals)
+    k = rec.ncolours
+    products = np.empty((k, n * m))
+    if k:
+        width, blocks = _blocks(fn, rec)
+        kernel = fn._jvp_block(width)
+        with np.errstate(all="ignore"):
+            for b, block in enumerate(blocks):
+                out = kernel(p, block, *vals)
+                for c in range(min(width, k - b * width)):
+                    products[b * width + c] = np.asarray(out[1 + c]).reshape(-1)
+    from .sparsity import _scipy_sparse
+
+    pat = rec.pattern
+    j = _scipy_sparse().csr_matrix((rec.values(products), pat.indices.copy(),
+                                    pat.indptr.copy()), shape=pat.shape)
+    if sparse:
+        return j
+    dense = j.toarray()
+    return dense.reshape((n, fn.size) if fn.output_shape == () else (n, m, fn.size))
+
+
 def coloured_jacobian(fn, params, args, sparse=False):
-    """The Jacobian of ``fn``'s flattened output by coloured JVPs (see the module
-    docstring): a csr matrix with ``sparse``, else dense ``(outputs, P)``, or ``(n,
-    outputs, P)`` per example for functions with data and ``reduce=None``."""
-    if fn.data and fn.reduce is not None:
-        raise GradcError("a coloured Jacobian of a function with data is per example: compile "
-                         "with reduce=None (or use mode='auto' with scalar parameters)")
-    if sparse and fn.data:
-        raise GradcError("per-example Jacobians come back dense, (n, outputs, P): use "
-                         "sparse=False")
+    """The Jacobian of ``fn``'s flattened output (a function without data) by coloured
+    JVPs or VJPs (see the module docstring): a csr matrix with ``sparse``, else dense
+    ``(outputs, P)``."""
     how = jacobian_sweeps(fn)
     rec = fn._jacobian_colouring(how)
     p = fn._params(params, "params")
     vals = fn._args(args)
-    n = vals[0].shape[0] if fn.data else 1
     k = rec.ncolours
     pattern = rec.pattern
     m = pattern.shape[0]
     width = m if how == "columns" else fn.size  # the length of one product
     seeds = seed_matrix(rec.colour, k) if k else np.zeros((rec.colour.size, 0))
-    products = np.empty((n, k, width) if fn.data else (k, width))
+    products = np.empty((k, width))
     with np.errstate(all="ignore"):
         for c in range(k):
             seed = np.ascontiguousarray(seeds[:, c])
             if how == "columns":
                 t = fn._params(fn.unpack(seed), "tangent")
-                dot = np.asarray(fn.kernels.jvp(p, t, *vals)[1], dtype=np.float64)
-                products[..., c, :] = dot.reshape(n, m) if fn.data else dot.reshape(m)
+                products[c, :] = np.asarray(fn.kernels.jvp(p, t, *vals)[1],
+                                            dtype=np.float64).reshape(m)
             else:
                 ct = (seed.reshape(fn.output_shape),)
                 g = fn.kernels.vjp(p, ct, *vals)[1]
                 products[c, :] = fn.pack(fn._result(g), _checked=False)
     values = rec.values(products)
-    if fn.data:
-        out = np.zeros((n, m, fn.size))
-        rows = np.repeat(np.arange(m), np.diff(pattern.indptr))
-        out[:, rows, pattern.indices] = values
-        return out
     from .sparsity import _scipy_sparse
 
     j = _scipy_sparse().csr_matrix((values, pattern.indices.copy(), pattern.indptr.copy()),

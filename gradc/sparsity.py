@@ -29,6 +29,8 @@ elements of their values (a matrix product is ``rows x inner x cols`` set unions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import GradcError
@@ -164,9 +166,22 @@ def parameter_offsets(prog):
     return out, k
 
 
-def propagate(prog, pattern=None, outputs=None):
+@dataclass(frozen=True)
+class Gather:
+    """A dependency known only with the data: the element ``at`` of the value ``table``
+    (a variable id), with the value of the key variable ``keys[d]`` added to the index on
+    each axis ``d`` that has one (``None`` elsewhere).  Made by the ``loop`` rule for a
+    read at a data index, when the pattern is taken for given data."""
+
+    table: int
+    at: tuple
+    keys: tuple
+
+
+def propagate(prog, pattern=None, outputs=None, tables=None):
     """The dependency arrays of the values ``outputs`` (default: the program's outputs)
-    need, recording meetings into ``pattern`` when one is given."""
+    need, recording meetings into ``pattern`` when one is given; ``tables``, a dict,
+    receives the dependency array of every value (to resolve :class:`Gather` entries)."""
     from .codegen.emit import needed_eqns
     from .prims import registry
 
@@ -191,10 +206,14 @@ def propagate(prog, pattern=None, outputs=None):
             raise GradcError(f"internal: sparsity rule of {e.prim} gave shape {out.shape} "
                              f"for a value of shape {e.out.shape}")
         deps[e.out.id] = out
+    if tables is not None:
+        tables.update(deps)
     return [deps[o.id] if isinstance(o, Var) else deps_array(()) for o in outputs]
 
 
 class _NoPattern:
+    gathers = False  # reads at data indices: the conservative rule (see Gather)
+
     def meet(self, a, b):
         pass
 
@@ -226,9 +245,18 @@ def hessian_pattern(prog):
     return pattern.csr()
 
 
-def jacobian_pattern(prog):
+def jacobian_pattern(prog, keys=None, n=1):
     """The structural pattern of the Jacobian of ``prog``'s flattened output with respect
-    to the flattened parameters: a boolean ``(outputs, P)`` csr matrix."""
+    to the flattened parameters: a boolean ``(outputs, P)`` csr matrix.
+
+    With ``keys`` (``{input name: integer values}``, an ``(n,)`` array for data, a number
+    for a const: the integer inputs the program reads other arrays at), the pattern is
+    the exact one for those values, of the outputs of all ``n`` examples stacked (row
+    ``e * outputs + r`` for output ``r`` of example ``e``): a read at a data index
+    depends on the one element that index names in each example (:class:`Gather`).
+    Without, such a read depends on every element it could name."""
+    if keys is not None:
+        return _keyed_pattern(prog, keys, n)
     (out,) = propagate(prog)
     _, size = parameter_offsets(prog)
     rows, cols = [], []
@@ -237,3 +265,74 @@ def jacobian_pattern(prog):
             cols.append(np.fromiter(sorted(dset), np.int64, len(dset)))
             rows.append(np.full(len(dset), r, np.int64))
     return _bool_csr(rows, cols, (out.size, size))
+
+
+def _keyed_pattern(prog, keys, n):
+    sink = _NoPattern()
+    sink.gathers = True
+    tables: dict = {}
+    (out,) = propagate(prog, sink, tables=tables)
+    _, size = parameter_offsets(prog)
+    names = {i.var.id: i.name for i in prog.inputs}
+    out = out.reshape(-1)
+    m = out.size
+    base = np.arange(n, dtype=np.int64) * m
+    resolved: dict = {}
+    rows, cols = [], []
+    for r, dset in enumerate(out):
+        static = np.fromiter(sorted(c for c in dset if not isinstance(c, Gather)), np.int64)
+        if static.size:
+            rows.append(np.repeat(base + r, static.size))
+            cols.append(np.tile(static, n))
+        for g in (c for c in dset if isinstance(c, Gather)):
+            if g.table not in resolved:
+                resolved[g.table] = _table_csr(tables[g.table], tables)
+            ip, ix, shape = resolved[g.table]
+            flat = np.zeros(n, dtype=np.int64)
+            for d, (a, k) in enumerate(zip(g.at, g.keys)):
+                v = np.int64(a)
+                if k is not None:
+                    name = names.get(k)
+                    if name not in keys:
+                        raise GradcError("internal: a read at a data index whose index is not "
+                                         "a data or const input")
+                    v = v + np.asarray(keys[name], dtype=np.int64)
+                    bad = np.broadcast_to((v < 0) | (v >= shape[d]), (n,))
+                    if np.any(bad):
+                        e = int(np.argmax(bad))
+                        val = int(np.broadcast_to(v, (n,))[e]) - int(a)
+                        raise GradcError(f"data {name}[{e}] = {val}: as an index it must be "
+                                         f"an integer in {-int(a)}..{shape[d] - 1 - int(a)}")
+                flat = flat * shape[d] + v
+            cnt = ip[flat + 1] - ip[flat]
+            total = int(cnt.sum())
+            if not total:
+                continue
+            first = np.repeat(ip[flat] - (np.cumsum(cnt) - cnt), cnt)
+            rows.append(np.repeat(base + r, cnt))
+            cols.append(ix[first + np.arange(total, dtype=np.int64)])
+    return _bool_csr(rows, cols, (n * m, size))
+
+
+def _table_csr(table, tables):
+    """``(indptr, indices, shape)``: the parameters each element of a dependency array
+    depends on, as csr rows (a nested read at a data index: every element it could name)."""
+    shape = table.shape
+    flat = table.reshape(-1)
+    ip = np.zeros(flat.size + 1, dtype=np.int64)
+    parts = []
+    for e, dset in enumerate(flat):
+        got, stack = set(), list(dset)
+        seen = set()
+        while stack:
+            c = stack.pop()
+            if isinstance(c, Gather):
+                if c.table not in seen:
+                    seen.add(c.table)
+                    stack.extend(whole(tables[c.table]))
+            else:
+                got.add(c)
+        parts.append(np.fromiter(sorted(got), np.int64, len(got)))
+        ip[e + 1] = ip[e] + len(got)
+    ix = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return ip, ix, shape

@@ -236,9 +236,9 @@ def test_jacobian_of_a_scalar_output_in_every_mode():
     T = np.array([0.1, 0.2])
     Js = [f.jacobian([0.5, 2.0], T, mode=m) for m in ("forward", "reverse", "optimal", "auto")]
     for J in Js:
-        assert J.shape == (2, 1, 2)
+        assert J.shape == (2, 2)  # (n, P): one row per example
         np.testing.assert_allclose(J, Js[0], rtol=1e-14)
-    np.testing.assert_allclose(Js[0][:, 0, 1], np.tanh(0.5 * T), rtol=1e-14)
+    np.testing.assert_allclose(Js[0][:, 1], np.tanh(0.5 * T), rtol=1e-14)
 
 
 def test_kernels_reuse_dead_arrays_and_fuse_bias_sums():

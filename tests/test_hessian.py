@@ -423,7 +423,7 @@ def test_sparse_jacobian_of_an_elementwise_map():
     J = fn.jacobian([x0], sparse=True)
     assert sps.issparse(J) and J.nnz == 50
     assert fn._jacobian_colouring().ncolours == 1  # one JVP for the whole diagonal
-    assert fn._coloured_jacobian_wins(())  # so mode="auto" colours too
+    assert fn._coloured_jacobian_wins()  # so mode="auto" colours too
     np.testing.assert_array_equal(fn.jacobian([x0]), J.toarray())
     np.testing.assert_allclose(fn.jacobian([x0], mode="forward"), J.toarray(), rtol=1e-14)
     np.testing.assert_allclose(J.diagonal(), 2 * x0[:, 0] + 1 - np.tanh(x0[:, 0]) ** 2,
@@ -448,11 +448,17 @@ def test_jacobian_with_respect_to_matrix_parameters(rng):
         np.testing.assert_allclose(J[i], fd, rtol=1e-7, atol=1e-9)
     pat = fn.jacobian_sparsity().toarray()
     assert pat[0, :4].all() and not pat[0, 4:12].any() and pat[0, 12] and not pat[0, 13:].any()
-    with pytest.raises(gradc.GradcError, match="dense"):
-        fn.jacobian(params, X, sparse=True)
+    # sparse: the examples stacked on the rows, each example's pattern
+    S = fn.jacobian(params, X, sparse=True)
+    assert sps.issparse(S) and S.shape == (15, 15)
+    np.testing.assert_array_equal(S.toarray(), J.reshape(15, 15))
+    np.testing.assert_array_equal(fn.jacobian_sparsity(X).toarray(),
+                                  np.tile(pat, (5, 1)))
+    # a function that reduces over the batch: the Jacobian of the per-example value
     mean = gradc.compile(nn.tanh(W * xm + b), wrt=[W, b], data=[xm], jit=False)
+    np.testing.assert_allclose(mean.jacobian(params, X), J, rtol=1e-14)
     with pytest.raises(gradc.GradcError, match="reduce=None"):
-        mean.jacobian(params, X)
+        mean.jacobian_sparsity(X)
 
 
 @pytest.mark.parametrize("width", [2, 3])

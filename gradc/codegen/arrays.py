@@ -18,9 +18,13 @@ the product itself).  Reductions call :mod:`gradc.codegen.runtime`.
 
 from __future__ import annotations
 
+import sympy as sp
+
 from ..errors import GradcError
 from ..ir import Lit, Var, size_of, type_of
 from ..prims import registry
+from ..prims.loop import _PH, LoopWriter, has_keys, keys_in
+from ..prims.scalar import placeholder
 from .emit import KernelWriter, needed_eqns
 
 
@@ -30,6 +34,32 @@ def _space(var):
     if isb:
         return True, (size_of(shape) if shape else 0)
     return False, shape
+
+
+#: A fused loop holds at most this many equations; a longer run is cut into several loops
+#: (the values crossing a cut stored in arrays): LLVM's time on one loop body grows faster
+#: than its length, so the kernel's compile time stays linear in its equations.
+FUSED_MAX = 1 << 30
+
+
+def _gather(e):
+    """One element per example read at data indices from batch-invariant arrays
+    (``cams[ci, 5]`` outside any sum: a ``loop`` without dims whose batched inputs are
+    only its scalar keys).  It fuses into the loops of batched scalars like an
+    elementwise equation, as an indexed read: no array per read."""
+    if e.prim != "loop" or not e.out.batched or e.out.shape:
+        return False
+    spec = e.params
+    if spec.dims or spec.summed or not has_keys(spec) or keys_in(spec.out):
+        return False
+    free = spec.body.free_symbols
+    return all(not type_of(a)[1] or (type_of(a)[0] == () and not r
+                                     and placeholder(k) not in free)
+               for k, (a, r) in enumerate(zip(e.inputs, spec.reads)))
+
+
+def _fusable(e):
+    return registry[e.prim].elementwise or _gather(e)
 
 
 def _axes(rank):
@@ -69,7 +99,7 @@ class ArrayKernel(KernelWriter):
         self.checked_keys = set()  # (data index, range) checks a loop nest already made
         self.last_stage = self.last_uses(stages)
         for k, stage in enumerate(stages):
-            if registry[stage[0].prim].elementwise:
+            if _fusable(stage[0]):
                 lines += [ind + s for s in self.fused(stage, eqns, k, stages)]
             else:
                 (e,) = stage
@@ -139,14 +169,14 @@ class ArrayKernel(KernelWriter):
         while ready:
             pick = None
             if space is not None:
-                pick = next((k for k in ready if registry[eqns[k].prim].elementwise
+                pick = next((k for k in ready if _fusable(eqns[k])
                              and _space(eqns[k].out) == space), None)
             if pick is None:
-                pick = next((k for k in ready if not registry[eqns[k].prim].elementwise), ready[0])
+                pick = next((k for k in ready if not _fusable(eqns[k])), ready[0])
             ready.remove(pick)
             e = eqns[pick]
             order.append(e)
-            space = _space(e.out) if registry[e.prim].elementwise else None
+            space = _space(e.out) if _fusable(e) else None
             for u in users.get(e.out.id, []):
                 waiting[u] -= 1
                 if waiting[u] == 0:
@@ -157,7 +187,7 @@ class ArrayKernel(KernelWriter):
     def stages(self, eqns):
         out, cur = [], []
         for e in self.schedule(eqns):
-            if (registry[e.prim].elementwise and cur and registry[cur[-1].prim].elementwise
+            if (_fusable(e) and cur and _fusable(cur[-1]) and len(cur) < FUSED_MAX
                     and _space(cur[-1].out) == _space(e.out)):
                 cur.append(e)
                 continue
@@ -214,8 +244,11 @@ class ArrayKernel(KernelWriter):
         local = members if loops else set()
         self.flat_views = {}  # filled by access(); written before the loop below
         for e in group:
-            names = [self.access(a, isb, extent, local) for a in e.inputs]
-            expr = registry[e.prim].emit(e, names, self.printer)
+            if _gather(e):
+                expr = self.gather(e, lines, body, local)
+            else:
+                names = [self.access(a, isb, extent, local) for a in e.inputs]
+                expr = registry[e.prim].emit(e, names, self.printer)
             if loops:
                 body.append(f"s{e.out.id} = {expr}")
             else:
@@ -229,6 +262,22 @@ class ArrayKernel(KernelWriter):
             after = [f"{self.name(e.out)} = a{e.out.id}.reshape({e.inputs[0].shape})" for e in sums]
             return lines + loops + [pad + s for s in body] + after
         return body
+
+    def gather(self, e, before, body, local):
+        """The expression of a fused gather (:func:`_gather`): its keys checked before
+        the loop (once per kernel), read as integers in it, then the indexed reads."""
+        w = LoopWriter(e, self)
+        w.keys = {ph: sp.Symbol(f"k{e.out.id}_{ph.name[2:]}", integer=True) for ph in w.keys}
+        w.subs = {**w.names, **w.keys}
+        checks, _ = w.key_checks()
+        before += checks  # (a const key is read there too)
+        for ph, name in w.keys.items():
+            atom = e.inputs[int(ph.name[2:])]
+            if type_of(atom)[1]:
+                body.append(f"{name} = int({self.access(atom, True, 0, local)})")
+        template = self.printer.template(e.params.body)
+        reads = [w.access(a, r) for a, r in zip(e.inputs, e.params.reads)]
+        return _PH.sub(lambda m: reads[int(m.group(1))], template)
 
     def donor(self, out, group, members, k, taken):
         """A dead array ``out`` can be written over, or None: one this kernel allocated,

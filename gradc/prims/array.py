@@ -545,7 +545,10 @@ class Assemble(Primitive):
             if w is None:
                 lines.append(f"{out} += {src}")
             elif isinstance(w[0], int) and batched(eqn.out):
-                lines.append(f"{out}[:, {_flat_index(w, shape)}] += {src}")
+                # a loop, not a slice: numba compiles "a[:, k] += v" in seconds
+                at = _flat_index(w, shape)
+                val = f"{src}[e]" if batched(a) else src
+                lines += ["for e in range(n):", f"    {out}[e, {at}] += {val}"]
             elif isinstance(w[0], int):
                 lines.append(f"{out}[{', '.join(map(str, w))}] += {src}")
             else:

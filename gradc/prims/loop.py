@@ -223,18 +223,30 @@ class Loop(Primitive):
         """Exact, point by point: the output element a point writes depends on the
         elements it reads (those whose partial is not identically zero), and two reads of
         one point meet where the body's second partial by them is not identically zero.
-        Different points never meet (they are separate terms of a sum)."""
-        from ..sparsity import EMPTY, deps_array
+        Different points never meet (they are separate terms of a sum).
+
+        A read at a data index (a key) reaches an element only the data know: it is a
+        :class:`gradc.sparsity.Gather` (the array, the index without the keys, the key
+        of each axis) when the pattern is taken for given data (``pattern.gathers``),
+        resolved per example by :func:`gradc.sparsity.jacobian_pattern`; otherwise, and
+        for a write at a data index, the rule is the conservative one."""
+        from ..sparsity import EMPTY, Gather, deps_array, whole
         from .scalar import second_partials
 
         spec = eqn.params
-        if spec.points() > self.SPARSITY_POINTS or has_keys(spec):
-            # (a keyed read reaches elements only the data know: the conservative rule)
+        keyed = has_keys(spec)
+        if spec.points() > self.SPARSITY_POINTS or keyed and (
+                keys_in(spec.out) or not getattr(pattern, "gathers", False)):
             return super().sparsity(eqn, deps, pattern)
         m = len(eqn.inputs)
         first, second = second_partials(spec.body, m)
         syms = spec.indices
-        forms = [[check_affine(i, syms, "loop") for i in r] for r in spec.reads]
+        keyvar = {placeholder(k): a.id for k, a in enumerate(eqn.inputs)}
+        splits = [[split_key(i, "loop") for i in r] for r in spec.reads]
+        forms = [[check_affine(rest, syms, "loop") for _, rest in r] for r in splits]
+        gathers = [tuple(keyvar[k] if k is not None else None for k, _ in r)
+                   if any(k is not None for k, _ in r) and whole(d) else None
+                   for r, d in zip(splits, deps)]
         out_form = [check_affine(i, syms, "loop") for i in spec.out]
         bounds = [(check_affine(lo, syms, "loop"), check_affine(hi, syms, "loop"))
                   for _, lo, hi in spec.dims]
@@ -256,8 +268,14 @@ class Loop(Primitive):
                 env[syms[level]] = v
                 yield from points(level + 1)
 
+        def read(d, fs, keys, a):
+            idx = tuple(at(f, env) for f in fs)
+            if keys is None:
+                return d[idx] if all(k is None for k, _ in splits[a]) else EMPTY
+            return frozenset((Gather(eqn.inputs[a].id, idx, keys),))
+
         for _ in points(0):
-            got = [d[tuple(at(f, env) for f in fs)] for d, fs in zip(deps, forms)]
+            got = [read(d, fs, g, a) for a, (d, fs, g) in enumerate(zip(deps, forms, gathers))]
             reach = frozenset().union(*(g for g, f in zip(got, first) if f))
             o = tuple(at(f, env) for f in out_form)
             out[o] = out[o] | reach

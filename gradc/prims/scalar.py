@@ -274,14 +274,24 @@ class Elementwise(Primitive):
         return _PH.sub(lambda m: names[int(m.group(1))], template)
 
     def jvp(self, b, eqn, tangents):
+        # A partial that calls a function (``cos`` for ``sin``, a Piecewise) is an
+        # equation of the primal values of its own, and the tangent the linear sum of
+        # partial times tangent: the partial is then computed once however many tangents
+        # go through (forward over reverse, a block of Jacobian directions), and the
+        # tangent's body stays small.
         k = len(eqn.inputs)
         ds = partials(eqn.params, k)
-        terms, inputs = [], list(eqn.inputs) + [eqn.out]
+        primal = list(eqn.inputs) + [eqn.out]
+        terms, inputs = [], list(primal)
         for i, t in enumerate(tangents):
             if t is None or ds[i] == 0:
                 continue
+            d = ds[i]
+            if _calls(d):
+                inputs.append(elementwise(b, d, primal))
+                d = placeholder(len(inputs) - 1)
             inputs.append(t)
-            terms.append(ds[i] * placeholder(len(inputs) - 1))
+            terms.append(d * placeholder(len(inputs) - 1))
         if not terms:
             return None
         return elementwise(b, sp.Add(*terms), inputs)
@@ -307,6 +317,14 @@ class Elementwise(Primitive):
         reach = [d for d, f in zip(deps, first) if f]
         return broadcast_to(union(*reach), eqn.out.shape) if reach else \
             deps_array(eqn.out.shape, EMPTY)
+
+
+@lru_cache(maxsize=4096)
+def _calls(expr: sp.Expr) -> bool:
+    """``expr`` applies a function or a Piecewise (anything past arithmetic and integer
+    powers)."""
+    return any(isinstance(n, (sp.Function, sp.Piecewise)) or isinstance(n, sp.Pow)
+               and not n.exp.is_Integer for n in sp.preorder_traversal(expr))
 
 
 @lru_cache(maxsize=4096)
