@@ -34,6 +34,8 @@ its derivatives; each branch of the ``Piecewise`` is differentiated on its own).
    31,843 observations; ``--fast``: 8, 200, 900), cameras and points perturbed, then
    ``scipy.optimize.least_squares(method="trf")`` with gradc's residuals and sparse
    Jacobian; the cost before and after, against the noise floor of the features.
+   Figure: adbench_ba_solve.png (the Jacobian's block pattern for the first observations,
+   and the cost against the solver's function evaluations).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import numpy as np  # noqa: E402
 import sympy as sp  # noqa: E402
 
 import gradc  # noqa: E402
-from _common import banner, prepare_outdir, run_script  # noqa: E402
+from _common import banner, plt, prepare_outdir, run_script, save_figure  # noqa: E402
 
 #: Below this squared angle the rotation uses the series of s and c.
 SMALL_ANGLE = 1e-8
@@ -230,7 +232,8 @@ def compare(fn, cams, X, w, obs, feats, probes=40, seed=0):
 
 def solve(fn, cams, X, w, obs, feats, perturb=0.02, seed=1, max_nfev=30, verbose=0):
     """Perturb cameras (rotation, centre) and points, then solve with least_squares trf on
-    gradc's residuals and sparse Jacobian; returns the costs and the solver's result."""
+    gradc's residuals and sparse Jacobian; returns the costs (``noise_floor``: the cost at
+    the true parameters, which the fit goes a little below: it fits some of the noise)."""
     from scipy.optimize import least_squares
 
     rng = np.random.default_rng(seed)
@@ -240,29 +243,36 @@ def solve(fn, cams, X, w, obs, feats, perturb=0.02, seed=1, max_nfev=30, verbose
     X0 = X + perturb * rng.normal(size=X.shape)
     x0 = fn.pack([c0, X0, w])
 
+    history = []
+
     def residuals(z):
-        return np.asarray(fn.value(fn.unpack(z), *args)).reshape(-1)
+        r = np.asarray(fn.value(fn.unpack(z), *args)).reshape(-1)
+        history.append(0.5 * float(r @ r))
+        return r
 
     def jac(z):
         return fn.jacobian(fn.unpack(z), *args, sparse=True)
 
+    start = 0.5 * float(np.sum(residuals(x0) ** 2))
+    history.clear()  # least_squares evaluates x0 first
     t0 = time.perf_counter()
     out = least_squares(residuals, x0, jac=jac, method="trf", x_scale="jac",
                         tr_solver="lsmr", max_nfev=max_nfev, verbose=verbose)
     seconds = time.perf_counter() - t0
     floor = 0.5 * float(np.sum((feats - reference(cams, X, w, obs, np.zeros_like(feats))
                                 .reshape(-1, 3)[:, :2]) ** 2))
-    return {"start": 0.5 * float(np.sum(residuals(x0) ** 2)), "final": float(out.cost),
+    return {"start": start, "final": float(out.cost),
             "noise_floor": floor, "nfev": int(out.nfev), "njev": int(out.njev),
-            "seconds": seconds, "status": int(out.status)}
+            "seconds": seconds, "status": int(out.status), "history": history}
 
 
 def main(outdir=None, fast=False):
-    prepare_outdir(outdir)
+    outdir = prepare_outdir(outdir)
+    written = []
     sizes = (8, 200, 900) if fast else ADBENCH_SMALL
 
     banner("Against an independent numpy implementation and finite differences")
-    small = (4, 30, 100)
+    small = sizes if fast else (4, 30, 100)
     fn_s = compile_ba(*small)
     prob = random_problem(*small, seed=3)
     err = compare(fn_s, *prob)
@@ -292,7 +302,23 @@ def main(outdir=None, fast=False):
     s = solve(fn, cams, X, w, obs, feats, max_nfev=15 if fast else 30)
     print(f"  cost {s['start']:.4g} -> {s['final']:.4g} (noise floor {s['noise_floor']:.4g}) "
           f"in {s['nfev']} evaluations, {s['seconds']:.1f} s")
-    return {"check": err, "sizes": sizes, "nnz": int(J.nnz), "colours": colours,
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rows = min(J.shape[0], 240)
+    block = J[:rows].tocsc()
+    used = np.flatnonzero(np.diff(block.indptr))
+    ax.spy(block[:, used], markersize=1.5, aspect="auto")
+    ax.set_title(f"Jacobian, first {rows // 3} observations\n(the columns they use: "
+                 "cameras, points, weights)")
+    ax.set_xlabel("parameter (used columns only)")
+    ax.set_ylabel("residual")
+    ax2.semilogy(s["history"], marker=".")
+    ax2.axhline(s["noise_floor"], color="gray", ls="--",
+                label="at the true cameras and points (noise floor)")
+    ax2.set_xlabel("least_squares function evaluation")
+    ax2.set_ylabel("cost (half the squared residuals)")
+    ax2.legend()
+    save_figure(fig, outdir, "adbench_ba_solve.png", written)
+    return {"files": written, "check": err, "sizes": sizes, "nnz": int(J.nnz), "colours": colours,
             "compile_s": compile_s, "jacobian_ms": 1e3 * float(np.median(ts)), "solve": s}
 
 

@@ -398,8 +398,8 @@ def key_values(fn, vals):
         if bad.size:
             role = "data" if k < nd else "const"
             where = f"[{int(bad[0])}]" if k < nd else ""
-            raise GradcError(f"{role} {sym}{where} = {arr.reshape(-1)[bad[0]]!r}: an index "
-                             "must be an integer")
+            value = float(arr.reshape(-1)[bad[0]])
+            raise GradcError(f"{role} {sym}{where} = {value!r}: an index must be an integer")
         out[sym.name] = iv
     return out
 

@@ -207,3 +207,44 @@ def test_adbench_gmm_against_sympy_oracle():
         assert abs(v - rv) <= 1e-12 * abs(rv)
         np.testing.assert_allclose(gmm.pack_icf(g[2], g[3]), rg[2], rtol=1e-10, atol=1e-12)
         assert np.all(np.triu(g[3]) == 0.0)
+
+
+def test_adbench_ba(tmp_path):
+    r = run("adbench_ba", tmp_path)
+    check = r["check"]
+    assert check["value"] < 1e-9  # against the independent numpy implementation
+    assert check["jacobian"] < 1e-5 and check["pattern_covers"]  # against differences
+    assert r["colours"] <= 15  # 11 camera + 3 point + 1 weight parameters per observation
+    s = r["solve"]
+    assert s["start"] > 100 * s["noise_floor"]
+    assert s["final"] < 1.05 * s["noise_floor"]  # down to the features' noise
+
+
+def test_adbench_ba_against_sympy_oracle():
+    """The bundle adjustment residuals at a small size: their squared sum against
+    sympy.diff of the expression with each observation's indices substituted, the
+    per-example Jacobian against the stacked sparse one, and a camera at r = 0 (the
+    small-angle branch) without NaN."""
+    from gradc.testing import check_against_sympy, check_grads
+
+    ba = load("adbench_ba")
+    sizes = (2, 1, 2)  # the oracle differentiates each observation's expression: keep few
+    res, wrt, data = ba.ba_model(*sizes)
+    loss = sum(e ** 2 for e in res) / 2
+    fn = gradc.compile(loss, wrt=wrt, data=data, reduce="sum", jit=False)
+    cams, X, w, obs, feats = ba.random_problem(*sizes, seed=5)
+    assert np.all(cams[0, :3] == 0) and set(obs[:, 0]) == {0, 1}  # r = 0 and r != 0
+    w = w + 0.1 * np.random.default_rng(0).normal(size=w.shape)
+    args = ba.data_args(obs, feats)
+    check_against_sympy(fn, [cams, X, w], *args, rtol=1e-9)
+    check_grads(fn, [cams, X, w], *args, eps=1e-7, rtol=1e-5)  # (focal lengths of 800)
+    rf = gradc.compile(res, wrt=wrt, data=data, reduce=None, jit=False)
+    J = rf.jacobian([cams, X, w], *args, sparse=True)
+    assert np.all(np.isfinite(J.data))
+    r = np.asarray(rf.value([cams, X, w], *args)).reshape(-1)
+    # the gradient of the squared sum is J^T r
+    g = fn.grad([cams, X, w], *args)
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in g]), J.T @ r,
+                               rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(r, ba.reference(cams, X, w, obs, feats), rtol=1e-10,
+                               atol=1e-10)

@@ -163,3 +163,88 @@ def test_declaration_errors():
     _err(C[2 * ci, 0] ** 2, [C], [ci], r"coefficient 1")
     _err(C[ci + pi, 0] ** 2, [C], [ci, pi], r"two data values")
     _err(sp.Sum(C[ci + k, 0], (k, 0, 4)), [C], [ci], r"loop part k takes values 0\.\.4.*0\.\.3")
+
+
+# ----------------------------------------------------------------------------------------
+# Per-example Jacobians of gathering models: the pattern is exact for the data
+
+
+def _residuals():
+    """Two residuals per example, reading a row of C and one of P at data indices (a
+    window of T too): a small bundle-adjustment-like model, reduce=None."""
+    C = sp.IndexedBase("C", shape=(4, 3))
+    P = sp.IndexedBase("P", shape=(5, 2))
+    T = sp.IndexedBase("T", shape=(6,))
+    y = sp.Symbol("y")
+    r0 = sp.Sum(C[ci, k] * P[pi, 0], (k, 0, 2)) + sp.tanh(C[ci, 1] * P[pi, 1]) - y
+    r1 = sp.Sum(T[ci + di] * (di + 1), (di, 0, 2)) * sp.exp(P[pi, 0])
+    return sp.Matrix([r0, r1]), [C, P, T], [ci, pi, y]
+
+
+def _fd_stacked(fn, params, args, eps=1e-6):
+    flat = fn.pack(params)
+
+    def f(z):
+        return np.asarray(fn.value(fn.unpack(z), *args)).reshape(-1)
+
+    return np.array([(f(flat + eps * e) - f(flat - eps * e)) / (2 * eps)
+                     for e in np.eye(flat.size)]).T
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_stacked_sparse_jacobian_of_gathers(jit):
+    res, wrt, data = _residuals()
+    fn = gradc.compile(res, wrt=wrt, data=data, reduce=None, jit=jit)
+    params, args = _point()
+    n = len(args[0])
+    J = fn.jacobian(params, *args, sparse=True)
+    assert J.shape == (2 * n, 12 + 10 + 6)
+    fd = _fd_stacked(fn, params, args)
+    np.testing.assert_allclose(J.toarray(), fd, rtol=1e-6, atol=1e-8)
+    # the pattern is exact for these indices: example 0 reads C row 0, P row 4, T 0..2
+    pat = fn.jacobian_sparsity(*args)
+    assert (pat != J.astype(bool)).nnz == 0
+    assert sorted(pat[0].indices) == [0, 1, 2, 12 + 8, 12 + 9]
+    assert sorted(pat[1].indices) == [12 + 8, 22, 23, 24]
+    assert np.all((fd != 0) <= pat.toarray())  # nothing the differences see is missed
+    dense = fn.jacobian(params, *args)
+    assert dense.shape == (n, 2, 28)
+    np.testing.assert_array_equal(dense.reshape(2 * n, 28), J.toarray())
+    # without the data the pattern covers every row a read could name
+    assert fn.jacobian_sparsity().toarray()[0, :12].all()
+
+
+def test_colours_do_not_grow_with_the_batch():
+    res, wrt, data = _residuals()
+    fn = gradc.compile(res, wrt=wrt, data=data, reduce=None, jit=False)
+    params, _ = _point()
+    from gradc.hessian import stacked_colouring
+
+    counts = []
+    for n in (9, 200):
+        args = [RNG.integers(0, 4, n).astype(float), RNG.integers(0, 5, n).astype(float),
+                RNG.normal(size=n)]
+        counts.append(stacked_colouring(fn, fn._args(args)).ncolours)
+        np.testing.assert_allclose(fn.jacobian(params, *args, sparse=True).toarray()[:40],
+                                   _fd_stacked(fn, params, args)[:40], rtol=1e-6, atol=1e-8)
+    # at most one colour per parameter an example reads: 3 + 2 + 3 (+ sharing)
+    assert counts[0] == counts[1] <= 8
+
+
+def test_per_example_jacobian_errors():
+    res, wrt, data = _residuals()
+    fn = gradc.compile(res, wrt=wrt, data=data, reduce=None, jit=False)
+    params, args = _point()
+    bad = [args[0].copy(), args[1], args[2]]
+    bad[0][3] = 7
+    with pytest.raises(gradc.GradcError, match=r"data ci\[3\] = 7: as an index it must be"):
+        fn.jacobian_sparsity(*bad)
+    bad[0][3] = 1.5
+    with pytest.raises(gradc.GradcError, match=r"data ci\[3\] = 1.5: an index must be"):
+        fn.jacobian(params, *bad, sparse=True)
+    summed = gradc.compile(res, wrt=wrt, data=data, reduce="sum", jit=False)
+    with pytest.raises(gradc.GradcError, match="reduce=None"):
+        summed.jacobian_sparsity(*args)
+    # a reduced function's Jacobian is the per-example one
+    np.testing.assert_allclose(summed.jacobian(params, *args),
+                               fn.jacobian(params, *args), rtol=1e-14)

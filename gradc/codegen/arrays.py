@@ -10,7 +10,11 @@ array, a batch-invariant scalar a float.
 Equations are emitted in program order.  Runs of consecutive elementwise equations over
 the same iteration space (a batch of vectors of one length, a batch of scalars, one
 matrix shape) are fused into one loop; inside it every value is a local scalar, and only
-the values used after the loop (or returned) are stored to arrays.  Matrix products go to
+the values used after the loop (or returned) are stored to arrays.  A read of parameter
+arrays at data indices, one element per example (``cams[ci, 5]``), fuses into the loops
+of batched scalars as an indexed read (its keys checked once before the loop).  An
+explicit matrix of scalars is assembled by loops, not slices (numba compiles ``a[:, k] +=
+v`` in seconds).  Matrix products go to
 BLAS through ``np.dot`` with transposes folded into the call (``np.dot(X, W.T)`` for a
 batch of ``W x``; ``np.dot(G.T, X)`` for the gradient of ``W``, summed over the batch by
 the product itself).  Reductions call :mod:`gradc.codegen.runtime`.
@@ -34,12 +38,6 @@ def _space(var):
     if isb:
         return True, (size_of(shape) if shape else 0)
     return False, shape
-
-
-#: A fused loop holds at most this many equations; a longer run is cut into several loops
-#: (the values crossing a cut stored in arrays): LLVM's time on one loop body grows faster
-#: than its length, so the kernel's compile time stays linear in its equations.
-FUSED_MAX = 1 << 30
 
 
 def _gather(e):
@@ -187,7 +185,7 @@ class ArrayKernel(KernelWriter):
     def stages(self, eqns):
         out, cur = [], []
         for e in self.schedule(eqns):
-            if (_fusable(e) and cur and _fusable(cur[-1]) and len(cur) < FUSED_MAX
+            if (_fusable(e) and cur and _fusable(cur[-1])
                     and _space(cur[-1].out) == _space(e.out)):
                 cur.append(e)
                 continue
