@@ -378,9 +378,10 @@ def jacobian_sweeps(fn):
 #: At most this many directions per call of the ``jvp_block`` kernel in
 #: :func:`per_example_jacobian` (the colours are split into calls of equal width, the last
 #: padded with zero directions).  One primal pass is shared by the directions of a call;
-#: the kernel's compile time grows with the width (bundle adjustment, one CPU: 3 s for the
-#: primal part plus about 0.7 s per direction).
-JVP_BLOCK = 8
+#: the kernel's compile time grows with the width.  Bundle adjustment at ADBench's
+#: smallest size, 14 colours, one CPU (``benchmarks/bench_adbench.py --ba``): width 2,
+#: 75 ms per Jacobian and 5.0 s for its first call; 4, 44 ms and 5.9 s; 7, 49 ms and 9.7 s.
+JVP_BLOCK = 4
 
 
 def key_values(fn, vals):
@@ -446,8 +447,8 @@ def _tile_rows(pattern, n):
 
 def _blocks(fn, rec):
     """``(width, seeds)``: the colours' indicator directions as ``jvp_block`` takes them,
-    in calls of equal width (14 colours and ``JVP_BLOCK = 8``: two calls of 7), kept
-    with the colouring they belong to."""
+    in calls of equal width (14 colours and ``JVP_BLOCK = 4``: four calls of 4, the last
+    two padded), kept with the colouring they belong to."""
     if getattr(rec, "blocks", None) is None:
         k = rec.ncolours
         calls = -(-k // JVP_BLOCK)
