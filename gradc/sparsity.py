@@ -190,10 +190,9 @@ def propagate(prog, pattern=None, outputs=None, tables=None):
     offsets, _ = parameter_offsets(prog)
     for inp, k in offsets:
         shape = inp.var.shape
-        arr = np.empty(shape, dtype=object)
-        for flat, idx in enumerate(np.ndindex(shape)):
-            arr[idx] = frozenset((k + flat,))
-        deps[inp.var.id] = arr
+        arr = np.empty(size_of(shape), dtype=object)
+        arr[:] = [frozenset((k + flat,)) for flat in range(arr.size)]
+        deps[inp.var.id] = arr.reshape(shape)
     for inp in prog.inputs:
         if inp.var.id not in deps:
             deps[inp.var.id] = deps_array(inp.var.shape)
@@ -212,7 +211,7 @@ def propagate(prog, pattern=None, outputs=None, tables=None):
 
 
 class _NoPattern:
-    gathers = False  # reads at data indices: the conservative rule (see Gather)
+    gathers = False  # a read at a data index: every element it could name (see Gather)
 
     def meet(self, a, b):
         pass
@@ -272,7 +271,7 @@ def _keyed_pattern(prog, keys, n):
     sink.gathers = True
     tables: dict = {}
     (out,) = propagate(prog, sink, tables=tables)
-    _, size = parameter_offsets(prog)
+    offsets, size = parameter_offsets(prog)
     names = {i.var.id: i.name for i in prog.inputs}
     out = out.reshape(-1)
     m = out.size
@@ -286,7 +285,7 @@ def _keyed_pattern(prog, keys, n):
             cols.append(np.tile(static, n))
         for g in (c for c in dset if isinstance(c, Gather)):
             if g.table not in resolved:
-                resolved[g.table] = _table_csr(tables[g.table], tables)
+                resolved[g.table] = _table_csr(tables[g.table], tables, offsets, g.table)
             ip, ix, shape = resolved[g.table]
             flat = np.zeros(n, dtype=np.int64)
             for d, (a, k) in enumerate(zip(g.at, g.keys)):
@@ -314,11 +313,15 @@ def _keyed_pattern(prog, keys, n):
     return _bool_csr(rows, cols, (n * m, size))
 
 
-def _table_csr(table, tables):
+def _table_csr(table, tables, offsets, var_id):
     """``(indptr, indices, shape)``: the parameters each element of a dependency array
     depends on, as csr rows (a nested read at a data index: every element it could name)."""
     shape = table.shape
     flat = table.reshape(-1)
+    for inp, k in offsets:  # a parameter itself: element e is parameter k + e
+        if inp.var.id == var_id:
+            return (np.arange(flat.size + 1, dtype=np.int64),
+                    k + np.arange(flat.size, dtype=np.int64), shape)
     ip = np.zeros(flat.size + 1, dtype=np.int64)
     parts = []
     for e, dset in enumerate(flat):

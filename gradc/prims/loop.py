@@ -50,6 +50,7 @@ built (:func:`loop`).  The ``sparsity`` rule is exact, point by point, for nests
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -228,16 +229,18 @@ class Loop(Primitive):
         A read at a data index (a key) reaches an element only the data know: it is a
         :class:`gradc.sparsity.Gather` (the array, the index without the keys, the key
         of each axis) when the pattern is taken for given data (``pattern.gathers``),
-        resolved per example by :func:`gradc.sparsity.jacobian_pattern`; otherwise, and
-        for a write at a data index, the rule is the conservative one."""
+        resolved per example by :func:`gradc.sparsity.jacobian_pattern`; otherwise it
+        depends on every element a key value in range could name (``T[ci, 0]``: column 0
+        of T).  A write at a data index takes the conservative rule."""
         from ..sparsity import EMPTY, Gather, deps_array, whole
         from .scalar import second_partials
 
         spec = eqn.params
         keyed = has_keys(spec)
-        if spec.points() > self.SPARSITY_POINTS or keyed and (
-                keys_in(spec.out) or not getattr(pattern, "gathers", False)):
+        if spec.points() > self.SPARSITY_POINTS or keyed and keys_in(spec.out):
             return super().sparsity(eqn, deps, pattern)
+        static = keyed and not getattr(pattern, "gathers", False)
+        ranges = key_ranges(spec, [type_of(a)[0] for a in eqn.inputs]) if static else {}
         m = len(eqn.inputs)
         first, second = second_partials(spec.body, m)
         syms = spec.indices
@@ -272,7 +275,13 @@ class Loop(Primitive):
             idx = tuple(at(f, env) for f in fs)
             if keys is None:
                 return d[idx] if all(k is None for k, _ in splits[a]) else EMPTY
-            return frozenset((Gather(eqn.inputs[a].id, idx, keys),))
+            if not static:
+                return frozenset((Gather(eqn.inputs[a].id, idx, keys),))
+            # without the data: every element some key value in range could name
+            axes = [range(ranges[k][0], ranges[k][1] + 1) if k is not None else (0,)
+                    for k, _ in splits[a]]
+            return frozenset().union(*(d[tuple(i + c for i, c in zip(idx, combo))]
+                                       for combo in itertools.product(*axes)))
 
         for _ in points(0):
             got = [read(d, fs, g, a) for a, (d, fs, g) in enumerate(zip(deps, forms, gathers))]
