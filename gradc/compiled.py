@@ -739,44 +739,34 @@ class CompiledFunction:
     HVP_BLOCK = 1
 
     def _hvp_block(self, k):
-        """The ``hvp_block`` kernel for k directions per call: one module of its own,
-        generated and compiled on first use (and cached on disk like the others), so
-        functions that never ask for a Hessian never pay for it."""
-        key = ("block", k)
-        if key not in self._second:
-            bkey = backend.make_key(getattr(self, "_key", ""), "hvp_block", str(k))
-            hit = backend.lookup(bkey) if self.jit else None
-            if hit is not None and hit[1] is not None:
-                source, manifest = hit
-            else:
-                spec = hvp_block_spec(self._vjp_program(), k, "array" if self.scalar_params else "tuple")
-                source, manifest = generate(
-                    [spec], self.reduce, title=short(self.expr, 200) + f" (Hessian, {k} "
-                    "directions per call)", version=__version__, parallel=self.parallel,
-                    param_names=[s.name for s in self.wrt] if self.scalar_params else None)
-            kernels = backend.load(source, bkey, ["hvp_block"], jit=self.jit,
-                                   parallel=self.parallel, manifest=manifest)
-            self._second[key] = kernels.hvp_block
-        return self._second[key]
+        """The ``hvp_block`` kernel for k directions per call (see :meth:`_block`)."""
+        return self._block("hvp_block", k, "Hessian", lambda: hvp_block_spec(
+            self._vjp_program(), k, "array" if self.scalar_params else "tuple"))
 
     def _jvp_block(self, k):
         """The ``jvp_block`` kernel for k directions per call (per-example and sparse
-        Jacobians): like :meth:`_hvp_block`, a module of its own, compiled on first use."""
-        key = ("jblock", k)
+        Jacobians; see :meth:`_block`)."""
+        return self._block("jvp_block", k, "Jacobian",
+                           lambda: jvp_block_spec(self._value_program(), k))
+
+    def _block(self, name, k, what, make_spec):
+        """A kernel of k directions per call: one module of its own, generated and
+        compiled on first use (and cached on disk like the others), so functions that
+        never ask for a Hessian or a per-example Jacobian never pay for it."""
+        key = (name, k)
         if key not in self._second:
-            bkey = backend.make_key(getattr(self, "_key", ""), "jvp_block", str(k))
+            bkey = backend.make_key(getattr(self, "_key", ""), name, str(k))
             hit = backend.lookup(bkey) if self.jit else None
             if hit is not None and hit[1] is not None:
                 source, manifest = hit
             else:
-                spec = jvp_block_spec(self._value_program(), k)
                 source, manifest = generate(
-                    [spec], self.reduce, title=short(self.expr, 200) + f" (Jacobian, {k} "
-                    "directions per call)", version=__version__, parallel=self.parallel,
+                    [make_spec()], self.reduce, title=short(self.expr, 200) + f" ({what}, "
+                    f"{k} directions per call)", version=__version__, parallel=self.parallel,
                     param_names=[s.name for s in self.wrt] if self.scalar_params else None)
-            kernels = backend.load(source, bkey, ["jvp_block"], jit=self.jit,
+            kernels = backend.load(source, bkey, [name], jit=self.jit,
                                    parallel=self.parallel, manifest=manifest)
-            self._second[key] = kernels.jvp_block
+            self._second[key] = getattr(kernels, name)
         return self._second[key]
 
     def _sweeps(self, method):

@@ -476,7 +476,7 @@ def test_hvp_blocks_give_the_same_hessian(width, rng, monkeypatch):
     got = fn.hessian(params, *args, method="dense"), fm.hessian(mparams, *margs)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
-    assert ("block", width) in fn._second and ("block", width) in fm._second
+    assert ("hvp_block", width) in fn._second and ("hvp_block", width) in fm._second
 
 
 def test_row_colouring_by_vjps_for_wide_jacobians(rng):
