@@ -97,3 +97,19 @@ def medians(cases, rounds):
             f()
             times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def fresh_process(code, timeout=900):
+    """Run ``code`` (Python source that prints numbers) in a fresh interpreter with an
+    empty ``GRADC_CACHE_DIR``, for cold-compile timings.  Returns ``(numbers, None)`` or,
+    when it fails, ``(None, the last line of its stderr)``."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, GRADC_CACHE_DIR=cache)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, timeout=timeout)
+    if r.returncode != 0:
+        return None, (r.stderr.strip().splitlines() or ["failed"])[-1]
+    return [float(v) for v in r.stdout.split()], None

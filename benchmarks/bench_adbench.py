@@ -54,8 +54,6 @@ import _single  # noqa: E402  (one thread per library, one CPU)
 from _single import medians  # noqa: E402
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -173,13 +171,10 @@ def cold_compile(d, K):
             "fn = gradc.compile(loss, wrt=wrt, data=data, consts=consts, reduce='sum'); "
             f"t1 = time.perf_counter(); fn.value_and_grad(P, X, {N}, 1.0, 0, 0.0); "
             "t2 = time.perf_counter(); print(t1 - t, t2 - t1)")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, GRADC_CACHE_DIR=cache)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, timeout=900)
-    if r.returncode != 0:
-        return {"d": d, "K": K, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
-    lower, first = map(float, r.stdout.split())
+    got, error = _single.fresh_process(code)
+    if error:
+        return {"d": d, "K": K, "error": error}
+    lower, first = got
     return {"d": d, "K": K, "compile_s": lower, "first_call_s": first, "total_s": lower + first}
 
 
@@ -331,13 +326,10 @@ def ba_cold_compile(sizes):
             "t1 = time.perf_counter(); fn.value([c, X, w], *a); t2 = time.perf_counter(); "
             "fn.jacobian([c, X, w], *a, sparse=True); t3 = time.perf_counter(); "
             "print(t1 - t, t2 - t1, t3 - t2)")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, GRADC_CACHE_DIR=cache)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, timeout=900)
-    if r.returncode != 0:
-        return {"sizes": sizes, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
-    c, v, j = map(float, r.stdout.split())
+    got, error = _single.fresh_process(code)
+    if error:
+        return {"sizes": sizes, "error": error}
+    c, v, j = got
     return {"sizes": sizes, "compile_s": c, "first_value_s": v, "first_jacobian_s": j,
             "total_s": c + v + j}
 

@@ -36,8 +36,6 @@ import _single  # noqa: E402  (one thread per library, one CPU)
 from _single import medians  # noqa: E402
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -235,13 +233,10 @@ def cold_compile(H, C=8):
             "fn = gradc.compile(loss, wrt=wrt, data=data); t1 = time.perf_counter(); "
             "fn.value_and_grad(P, X, L); t2 = time.perf_counter(); "
             "print(t1 - t, t2 - t1)")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, GRADC_CACHE_DIR=cache)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, timeout=900)
-    if r.returncode != 0:
-        return {"H": H, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
-    lower, numba = map(float, r.stdout.split())
+    got, error = _single.fresh_process(code)
+    if error:
+        return {"H": H, "error": error}
+    lower, numba = got
     return {"H": H, "C": C, "compile_s": lower, "first_call_s": numba, "total_s": lower + numba}
 
 
