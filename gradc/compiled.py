@@ -22,6 +22,8 @@ work; numba then loads the machine code from its own cache.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import sympy as sp
 
@@ -343,7 +345,9 @@ class CompiledFunction:
         if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == shape \
                 and value.flags.c_contiguous and shape != (1, 1):
             return value  # the common case, checked in a few hundred nanoseconds
-        what = f"{role} {sym}"
+        if not shape and type(value) in (float, int):
+            return float(value)  # a Python number for a scalar (a const, mostly)
+        what = f"{role} {sym}"  # (printing a sympy symbol takes microseconds: not above)
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
@@ -370,7 +374,7 @@ class CompiledFunction:
             if arr.dtype.kind not in "biuf":
                 raise GradcError(f"data {sym}: dtype {arr.dtype} is not a real number type")
             shape = self._shapes[sym]
-            length = int(np.prod(shape)) if shape else 1
+            length = math.prod(shape)
             if isinstance(sym, sp.IndexedBase):  # (n, *shape), stored flat per example
                 if arr.ndim < 1 or arr.shape[1:] != shape and not (
                         arr.ndim == 2 and arr.shape[1] == length):
@@ -403,6 +407,9 @@ class CompiledFunction:
         if n == 0:
             raise GradcError(f"empty batch: data {first} has 0 examples")
         for sym, c in zip(self.consts, args[nd:]):
+            if type(c) in (float, int) and not self._shapes[sym]:
+                out.append(float(c))
+                continue
             arr = np.asarray(c)
             if arr.dtype.kind not in "biuf" or (not self._shapes[sym] and arr.ndim != 0):
                 raise GradcError(
@@ -452,6 +459,8 @@ class CompiledFunction:
         return _plain(o)
 
     def _grad_entry(self, sym, g, like=None):
+        if like is None and type(g) is np.ndarray and g.ndim:
+            return g  # the common case: an array of the symbol's shape
         shape = self._shapes[sym]
         if shape and np.ndim(g) == 0:
             g = np.full(shape, float(g))

@@ -558,3 +558,52 @@ def test_negative_integer_power_of_an_index_under_numba():
     f1 = gradc.compile(loss, wrt=wrt, data=data)
     f2 = _compile(loss, wrt, data)
     assert f1.value(P, *args) == pytest.approx(f2.value(P, *args), rel=1e-13)
+
+
+def test_fused_parameter_loops_read_transposes_out_of_place():
+    """Loop nests that map whole parameter-shaped arrays fuse into one loop per shape; a
+    nest reading a value of that loop at another point (a transpose) must not join it,
+    nor write over an array it reads off the point.  Under numba too, where the counts of
+    those loops are hidden from LLVM (``_rt.opaque``)."""
+    Q = sp.IndexedBase("Q", shape=(6, 6))
+    x = sp.IndexedBase("x", shape=(6,))
+    inner = sp.Sum(sp.exp(Q[k, j]) * Q[j, k] + sp.tanh(Q[j, k]) * sp.exp(Q[k, j]), (j, 0, 5))
+    losses = [sp.Sum(x[k] * inner, (k, 0, 5)) ** 2,
+              sp.Sum(sp.tanh(Q[j, k]) * sp.exp(Q[k, j]) * x[k] + sp.exp(Q[j, k]) * x[j],
+                     (k, 0, 5), (j, 0, 5)) ** 2,
+              sp.Sum(sp.exp(Q[j, k]) * x[j] + sp.exp(Q[k, j]) * sp.tanh(Q[j, k]) * x[k],
+                     (k, 0, 5), (j, 0, 5)) ** 2]
+    P = [RNG.normal(size=(6, 6)) * 0.5]
+    X = RNG.normal(size=(7, 6))
+    for loss in losses:
+        for jit in (False, True):
+            fn = gradc.compile(loss, wrt=[Q], data=[x], jit=jit)
+            check_against_sympy(fn, P, X, rtol=1e-10)
+            check_grads(fn, P, X)
+        assert "_rt.opaque(6)" in fn.source
+
+
+def test_pointwise_nests_join_a_fused_loop_only_at_its_point():
+    """The fusion rule itself: a map nest reading a value of the loop it would join at
+    another point (a transpose) does not join it; read at the point it does; a column
+    ``(K, 1)`` and a vector ``(K,)`` of a batch are the same point."""
+    from gradc.codegen.arrays import _joins, _pointwise
+    from gradc.ir import Builder
+    from gradc.prims.loop import loop
+    from gradc.prims.scalar import placeholder as ph
+
+    b = Builder()
+    A = b.add_input("param", "A", 0, (4, 4), False)
+    dims = ((k, 0, 3), (j, 0, 3))
+    a = loop(b, dims, [A], [(k, j)], sp.exp(ph(0)), (4, 4), (k, j))
+    loop(b, dims, [a, A], [(j, k), (k, j)], ph(0) * ph(1), (4, 4), (k, j))
+    loop(b, dims, [a, A], [(k, j), (j, k)], ph(0) * ph(1), (4, 4), (k, j))
+    ea, off, on = b.eqns
+    assert all(_pointwise(e) for e in b.eqns)
+    assert not _joins(off, {a.id}) and _joins(on, {a.id})
+    x = b.add_input("data", "x", 0, (4,), True)
+    col = loop(b, ((k, 0, 3),), [x], [(k,)], sp.tanh(ph(0)), (4, 1), (k, 0))
+    vec = loop(b, ((k, 0, 3),), [col], [(k, 0)], 2 * ph(0), (4,), (k,))
+    ecol, evec = b.eqns[3:]
+    assert vec is not None and _pointwise(ecol) and _pointwise(evec)
+    assert _joins(evec, {col.id})

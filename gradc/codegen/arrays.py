@@ -32,6 +32,10 @@ from ..prims.scalar import placeholder
 from .emit import KernelWriter, needed_eqns
 
 
+#: Constant loop trip counts from this one on are hidden from LLVM (:meth:`ArrayKernel.extent`).
+OPAQUE_FROM = 5
+
+
 def _space(var):
     """The iteration space of an elementwise result: (batched, length or shape)."""
     shape, isb = var.shape, var.batched
@@ -56,8 +60,63 @@ def _gather(e):
                for k, (a, r) in enumerate(zip(e.inputs, spec.reads)))
 
 
+def _pointwise(e):
+    """A loop nest that is a map over its whole result, point by point: one index per
+    axis of the result, in order, over the whole axis, no sum (``v[k, j] = exp(q[k, j])
+    * mu[k, j]``, ``z[k, j, m] = u[k, j] * L[j, m]``).  It fuses into the loops of
+    elementwise equations of its result's iteration space (a batch-invariant array of its
+    shape, or a batch of vectors of its length): its reads of values made in the same
+    loop must be at the point written (:func:`_joins`); any other read stays an array
+    read at its affine index.  Fewer loops run faster over small arrays, and every loop
+    a kernel does not have is numba typing and LLVM time it does not spend."""
+    return _point_axes(e) is not None
+
+
+def _point_axes(e):
+    """For a pointwise loop nest (:func:`_pointwise`), the axis of its result that each
+    of its indices runs over; else None.  Axes of length 1 are written at 0 (a column
+    ``(K, 1)`` is a map over ``k``)."""
+    if e.prim != "loop":
+        return None
+    spec, shape = e.params, e.out.shape
+    if spec.summed or has_keys(spec) or not spec.dims or len(spec.out) != len(shape):
+        return None
+    axes = [a for a, (o, d) in enumerate(zip(spec.out, shape)) if not (o == 0 and d == 1)]
+    if len(axes) != len(spec.dims) or (e.out.batched and len(axes) != 1):
+        return None  # (a fused batch loop indexes its rows flat)
+    for (sym, lo, hi), a in zip(spec.dims, axes):
+        if spec.out[a] != sym or lo != 0 or hi != shape[a] - 1:
+            return None
+    return axes
+
+
 def _fusable(e):
-    return registry[e.prim].elementwise or _gather(e)
+    return registry[e.prim].elementwise or _gather(e) or _pointwise(e)
+
+
+def _off_point(e, k):
+    """Whether input ``k`` of a fused equation is read anywhere but at the point its loop
+    writes (only a pointwise loop nest reads elsewhere)."""
+    if not _pointwise(e):
+        return False
+    spec = e.params
+    return _flat(spec.reads[k], type_of(e.inputs[k])[0]) != _flat(spec.out, e.out.shape)
+
+
+def _flat(idx, shape):
+    """The row-major offset of index ``idx`` in an array of ``shape`` (how a fused loop
+    sees its values: a batch of ``(K, 1)`` columns and one of ``(K,)`` vectors share it)."""
+    off = sp.S.Zero
+    for i, d in zip(idx, shape):
+        off = off * d + sp.sympify(i)
+    return sp.expand(off)
+
+
+def _joins(e, members):
+    """Whether ``e`` may join the fused loop making ``members`` (ids): it reads none of
+    them off the point."""
+    return not any(isinstance(a, Var) and a.id in members and _off_point(e, k)
+                   for k, a in enumerate(e.inputs))
 
 
 def _axes(rank):
@@ -88,6 +147,8 @@ class ArrayKernel(KernelWriter):
         self.out_ids = {o.id for o in outputs if isinstance(o, Var)}
         ind = "    "
         lines = self.header() + [ind + s for s in self.prologue()]
+        self.extents = {}  # constant loop extents, read through _rt.opaque (see extent())
+        top = len(lines)
         stages = self.stages(eqns)
         self.stored = set()
         self.owned = set()  # arrays this kernel allocated and may overwrite once dead
@@ -109,8 +170,21 @@ class ArrayKernel(KernelWriter):
                 if e.prim in _FRESH and (e.out.shape or e.out.batched):
                     self.owned.add(e.out.id)
         lines.append(ind + "return " + self.returned(groups))
+        lines[top:top] = [f"{ind}{v} = _rt.opaque({k})" for k, v in sorted(self.extents.items())]
         self.memory = self.live_arrays(stages)
         return "\n".join(lines)
+
+    def extent(self, k):
+        """The text of the constant trip count ``k`` of a loop that runs once per call
+        (over batch-invariant values; loops inside the batch loop keep their constants,
+        which LLVM vectorises best).  From :data:`OPAQUE_FROM` on it is a variable set
+        once to ``_rt.opaque(k)``, a value LLVM cannot see: with the count known, LLVM
+        unrolls a kernel's many short parameter-space loops (d = 10 or 20 points in the
+        GMM) at a compile-time cost far above their run time
+        (``benchmarks/bench_adbench.py``: the cold compile)."""
+        if k < OPAQUE_FROM:
+            return str(k)
+        return self.extents.setdefault(k, f"ext{k}")
 
     def last_uses(self, stages):
         """{array id: index of the last stage reading it}, counting reads through aliases
@@ -186,7 +260,8 @@ class ArrayKernel(KernelWriter):
         out, cur = [], []
         for e in self.schedule(eqns):
             if (_fusable(e) and cur and _fusable(cur[-1])
-                    and _space(cur[-1].out) == _space(e.out)):
+                    and _space(cur[-1].out) == _space(e.out)
+                    and _joins(e, {c.out.id for c in cur})):
                 cur.append(e)
                 continue
             if cur:
@@ -224,10 +299,11 @@ class ArrayKernel(KernelWriter):
                 taken.add(donor.id)
                 self.reused[e.out.id] = donor.id
                 lines.append(f"{self.name(e.out)} = {self.name(donor)}  # over dead {self.name(donor)}")
-        lines += [f"a{e.out.id} = np.zeros({extent})" for e in sums]
+        lines += [f"a{e.out.id} = _rt.zeros({extent})" for e in sums]
         outer = "prange" if self.parallel else "range"
         if isb and extent:
             # a short constant row (9 to 15) would be unrolled and left scalar; see _rt.opaque
+            # (longer rows vectorise with the count known: kept, see extent())
             width = f"_rt.opaque({extent})" if 8 < extent < 16 else str(extent)
             idx, loops = "i, j", [f"for i in {outer}(n):", f"    for j in range({width}):"]
         elif isb:
@@ -235,7 +311,8 @@ class ArrayKernel(KernelWriter):
         elif extent:
             names = _axes(len(extent))
             idx = ", ".join(names)
-            loops = [f"{'    ' * k}for {a} in range({d}):" for k, (a, d) in enumerate(zip(names, extent))]
+            loops = [f"{'    ' * k}for {a} in range({self.extent(d)}):"
+                     for k, (a, d) in enumerate(zip(names, extent))]
         else:
             idx, loops = "", []
         body = []
@@ -244,6 +321,8 @@ class ArrayKernel(KernelWriter):
         for e in group:
             if _gather(e):
                 expr = self.gather(e, lines, body, local)
+            elif _pointwise(e):
+                expr = self.pointwise(e, isb, local)
             else:
                 names = [self.access(a, isb, extent, local) for a in e.inputs]
                 expr = registry[e.prim].emit(e, names, self.printer)
@@ -277,6 +356,22 @@ class ArrayKernel(KernelWriter):
         reads = [w.access(a, r) for a, r in zip(e.inputs, e.params.reads)]
         return _PH.sub(lambda m: reads[int(m.group(1))], template)
 
+    def pointwise(self, e, isb, local):
+        """The expression of a fused pointwise loop nest (:func:`_pointwise`) at the
+        fused loop's point: its indices are the loop's variables, a value made in the
+        loop is its local scalar, any other read an array read at its index."""
+        spec = e.params
+        w = LoopWriter(e, self)
+        axes = _axes(len(e.out.shape))
+        names = ["j"] if isb else [axes[a] for a in _point_axes(e)]
+        w.names = {sym: sp.Symbol(nm, integer=True) for (sym, _, _), nm in zip(spec.dims, names)}
+        w.subs = dict(w.names)
+        w.example = "i"
+        reads = [f"s{a.id}" if isinstance(a, Var) and a.id in local else w.access(a, r)
+                 for a, r in zip(e.inputs, spec.reads)]
+        template = self.printer.template(spec.body.xreplace(w.names))
+        return _PH.sub(lambda m: reads[int(m.group(1))], template)
+
     def donor(self, out, group, members, k, taken):
         """A dead array ``out`` can be written over, or None: one this kernel allocated,
         with ``out``'s storage, read by this loop only at the element being written (so
@@ -287,8 +382,9 @@ class ArrayKernel(KernelWriter):
         viewed = {self.alias_root[a.id] for e in group for a in e.inputs
                   if isinstance(a, Var) and a.id in self.alias_root}
         for e in group:
-            for a in e.inputs:
+            for j, a in enumerate(e.inputs):
                 if (isinstance(a, Var) and a.id not in members and a.id not in taken
+                        and not _off_point(e, j)
                         and a.id not in viewed
                         and a.id in self.owned and a.id not in self.alias_root
                         and a.id not in self.out_ids and self.last_stage.get(a.id) == k
@@ -323,10 +419,10 @@ class ArrayKernel(KernelWriter):
         name = self.name(var)
         if var.batched:
             if var.shape:
-                return [f"{name} = np.empty((n, {size_of(var.shape)}))"]
-            return [f"{name} = np.empty(n)"]
+                return [f"{name} = _rt.empty((n, {size_of(var.shape)}))"]
+            return [f"{name} = _rt.empty(n)"]
         if var.shape:
-            return [f"{name} = np.empty({var.shape})"]
+            return [f"{name} = _rt.empty({var.shape})"]
         return []
 
     # -- structural primitives (called back from prims.array) ------------------------------

@@ -267,7 +267,7 @@ class ChunkKernel(KernelWriter):
         members = {e.out.id for e in run}
         stored = [e for e in run
                   if self.readers.get(e.out.id, set()) - members or e.out.id in self.out_ids]
-        lines = [f"{self.name(e.out)} = np.empty({T})" for e in stored]
+        lines = [f"{self.name(e.out)} = _rt.empty({T})" for e in stored]
         lines.append(f"for t in range({T}):")
 
         def read(a):
@@ -303,7 +303,7 @@ class ChunkKernel(KernelWriter):
             if not e.out.shape:
                 return [f"{out} = _vm.{f}_s({ins[0]})"]
             T = e.out.shape[0]
-            return [f"{out} = np.empty({T})", f"_vm.{f}_v({ins[0]}, 0, {out}, 0, {T})"]
+            return [f"{out} = _rt.empty({T})", f"_vm.{f}_v({ins[0]}, 0, {out}, 0, {T})"]
         if registry[e.prim].elementwise:
             return [self.eqn_line(e)]
         raise GradcError(f"internal: primitive {e.prim} in a chunked kernel")
@@ -318,13 +318,13 @@ class ChunkKernel(KernelWriter):
                 stop = ""
             return [f"{out} = {src}[{start}:{stop}{':' + str(step) if step != 1 else ''}]"]
         tab = self.table(spec[1])
-        return [f"{out} = np.empty({T})", f"for t in range({T}):",
+        return [f"{out} = _rt.empty({T})", f"for t in range({T}):",
                 f"    {out}[t] = {src}[{tab}[t]]"]
 
     def assemble_lines(self, e, out, ins):
         shape, where = e.params
         (P,) = shape
-        lines = [f"{out} = np.empty({P})", f"for t in range({P}):", f"    {out}[t] = 0.0"]
+        lines = [f"{out} = _rt.empty({P})", f"for t in range({P}):", f"    {out}[t] = 0.0"]
         for a, src, w in zip(e.inputs, ins, where):
             lines += self._add_into(out, src, a, w, P)
         return lines
@@ -360,9 +360,9 @@ class ChunkKernel(KernelWriter):
         if W:
             lines.append(f"PW = {W}")
         if W:
-            lines.append(f"part = np.empty(nchunks * {W})  # every entry is written")
+            lines.append(f"part = _rt.empty(nchunks * {W})  # every entry is written")
         lines += allocs
-        alloc = [f"S = np.empty({max(self.scratch_words, 1) * CH})"]
+        alloc = [f"S = _rt.empty({max(self.scratch_words, 1) * CH})"]
         if not par:
             lines += alloc
         lines.append(f"for c in {'prange' if par else 'range'}(nchunks):")
@@ -793,12 +793,12 @@ class ChunkKernel(KernelWriter):
         for g, (kind, atoms) in enumerate(self.groups):
             name = f"out{g}"
             if kind == "scalar":
-                lines.append(f"{name} = np.empty(n)")
+                lines.append(f"{name} = _rt.empty(n)")
                 self._slot(atoms[0], (name, None, None))
             elif kind == "array":
                 (a,) = atoms
                 P = self.array_width(a)
-                lines.append(f"{name} = np.empty((n, {P}))")
+                lines.append(f"{name} = _rt.empty((n, {P}))")
                 if self._covered_once(a, P):
                     self.assign_once.add(name)  # every entry stored once: no zeros, no +=
                 else:
@@ -806,7 +806,7 @@ class ChunkKernel(KernelWriter):
                               f"        {name}[i, t] = 0.0"]
                 self._slot(a, (name, "array", None))
             else:
-                lines.append(f"{name} = np.empty((n, {len(atoms)}))")
+                lines.append(f"{name} = _rt.empty((n, {len(atoms)}))")
                 for k, a in enumerate(atoms):
                     self._slot(a, (name, k, None))
         return lines

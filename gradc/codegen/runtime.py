@@ -136,6 +136,29 @@ opaque = _jit(opaque)
 
 
 # ---------------------------------------------------------------------------------------
+# Allocation.  Kernels allocate through these instead of ``np.empty``/``np.zeros``: numba
+# compiles its numpy allocation overloads afresh in every process (about 0.6 s of typing
+# for a kernel with a few dozen arrays of ranks 1 to 3), while these are compiled once per
+# machine and rank and loaded from numba's cache.
+
+
+def empty(shape):
+    """``np.empty(shape)`` of float64; ``shape`` an int or a tuple of ints."""
+    return np.empty(shape)
+
+
+def zeros(shape):
+    """``np.zeros(shape)`` of float64; ``shape`` an int or a tuple of ints."""
+    return np.zeros(shape)
+
+
+python.empty = np.empty
+python.zeros = np.zeros
+empty = _jit(empty)
+zeros = _jit(zeros)
+
+
+# ---------------------------------------------------------------------------------------
 # Array helpers for matrix kernels: per-example reductions over rows of (n, L) arrays.
 
 

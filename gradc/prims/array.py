@@ -537,9 +537,9 @@ class Assemble(Primitive):
         shape, where = eqn.params
         out = ctx.name(eqn.out)
         if batched(eqn.out):
-            lines = [f"{out} = np.zeros((n, {size_of(shape)}))"]
+            lines = [f"{out} = _rt.zeros((n, {size_of(shape)}))"]
         else:
-            lines = [f"{out} = np.zeros({tuple(shape)!r})"]
+            lines = [f"{out} = _rt.zeros({tuple(shape)!r})"]
         for a, w in zip(eqn.inputs, where):
             src = ctx.name(a)
             if w is None:

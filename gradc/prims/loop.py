@@ -522,6 +522,19 @@ class LoopWriter:
         self.keys = {k: sp.Symbol(f"key{k.name[2:]}", integer=True)
                      for k in sorted(ks, key=lambda s: int(s.name[2:]))}
         self.subs = {**self.names, **self.keys}
+        self.example = "e"  # the example index of the loop around the nest
+
+    def stop(self, expr, innermost):
+        """The text of a loop's end.  A constant goes through the kernel's ``extent``
+        (which may hide it from LLVM) in a nest run once per call, and in a nest run per
+        example for the innermost loop when its count is not a multiple of 8 (LLVM would
+        unroll it: ``d = 10`` terms; a multiple of the vector width it vectorises with
+        no remainder, the convolution's 8 channels); else the index expression."""
+        expr = sp.sympify(expr)
+        if expr.is_Integer and hasattr(self.ctx, "extent") and (
+                not self.loop_batched or (innermost and int(expr) % 8)):
+            return self.ctx.extent(int(expr))
+        return self.index(expr)
 
     def index(self, expr):
         return self.ctx.printer.doprint(sp.sympify(expr).xreplace(self.subs))
@@ -574,7 +587,8 @@ class LoopWriter:
         name = self.ctx.name(atom)
         shape, isb = type_of(atom)
         if isb:
-            return f"{name}[e, {self.flat(idx, shape)}]" if shape else f"{name}[e]"
+            ex = self.example
+            return f"{name}[{ex}, {self.flat(idx, shape)}]" if shape else f"{name}[{ex}]"
         if not shape:
             return name
         return f"{name}[{', '.join(self.index(i) for i in idx)}]"
@@ -651,9 +665,9 @@ class LoopWriter:
             return None
         out = ctx.name(e.out)
         if e.out.batched:
-            alloc = f"np.empty((n, {size_of(e.out.shape)}))" if e.out.shape else "np.empty(n)"
+            alloc = f"_rt.empty((n, {size_of(e.out.shape)}))" if e.out.shape else "_rt.empty(n)"
         else:
-            alloc = f"np.empty({tuple(e.out.shape)!r})" if e.out.shape else "np.empty(1)"
+            alloc = f"_rt.empty({tuple(e.out.shape)!r})" if e.out.shape else "_rt.empty(1)"
         call = (f"_rt.contract({alloc}, {ctx.name(x)}, {ctx.name(y)}, {tx}, {ty}, "
                 f"{size(mm)}, {size(K)}, {size(nn)})")
         if not e.out.shape and not e.out.batched:
@@ -687,10 +701,10 @@ class LoopWriter:
         lines = [f"# {out}: {describe_nest(spec) or 'one element'}" +
                  (" and the batch" if spec.summed else "")]
         if isb:
-            lines.append(f"{out} = np.{alloc}((n, {size_of(shape)}))" if shape
-                         else f"{out} = np.{alloc}(n)")
+            lines.append(f"{out} = _rt.{alloc}((n, {size_of(shape)}))" if shape
+                         else f"{out} = _rt.{alloc}(n)")
         elif shape:
-            lines.append(f"{out} = np.{alloc}({tuple(shape)!r})")
+            lines.append(f"{out} = _rt.{alloc}({tuple(shape)!r})")
         elif spec.summed or not (direct and lead < len(dims)):
             lines.append(f"{out} = 0.0")
         pad = ""
@@ -709,7 +723,8 @@ class LoopWriter:
             name = self.names[sym]
             if split and k == len(dims) - 1:
                 break
-            lines.append(pad + f"for {name} in range({self.index(lo)}, {self.index(hi + 1)}):")
+            lines.append(pad + f"for {name} in range({self.index(lo)}, "
+                         f"{self.stop(hi + 1, k == len(dims) - 1)}):")
             pad += "    "
         if split:
             # four interleaved sums: the adds of a long reduction overlap instead of
