@@ -7,6 +7,7 @@ Usage::
     python benchmarks/bench_adbench.py --no-compile   # skip the cold-compile curve
     python benchmarks/bench_adbench.py --json adbench.json
     python benchmarks/bench_adbench.py --ba           # bundle adjustment only (--gmm: GMM only)
+    python benchmarks/bench_adbench.py --gmm --sizes 10x5,20x50   # these d x K only
 
 The model is ``examples/adbench_gmm.py`` (ADBench's ``gmm.h`` form, n = 1,000 points) over
 GradBench's size grid, d in {2, 10, 20, 32, 64} and K in {5, 10, 25, 50, 100}.  Every
@@ -66,6 +67,14 @@ QUICK = "--quick" in sys.argv
 N, GAMMA, M, RTOL = 1000, 1.0, 0, 1e-9
 GRID = [(d, K) for d in (2, 10, 20, 32, 64) for K in (5, 10, 25, 50, 100)]
 QUICK_GRID = [(2, 5), (10, 25), (20, 50), (32, 100), (64, 100)]
+
+
+def _sizes():
+    """The grid of ``--sizes 10x5,20x50`` (d x K), or None."""
+    if "--sizes" not in sys.argv:
+        return None
+    spec = sys.argv[sys.argv.index("--sizes") + 1]
+    return [tuple(int(v) for v in s.split("x")) for s in spec.split(",")]
 
 
 def jax_loss(alpha, mu, q, L, X, gamma, m, c0):
@@ -381,7 +390,7 @@ def main():
 
 def main_gmm():
     print(f"GMM (ADBench gmm.h form), n = {N} points, float64, value_and_grad\n")
-    grid = QUICK_GRID if QUICK else GRID
+    grid = _sizes() or (QUICK_GRID if QUICK else GRID)
     rounds = 5 if QUICK else 11
     rows, versions = [], {}
     for d, K in grid:

@@ -10,7 +10,11 @@ array, a batch-invariant scalar a float.
 Equations are emitted in program order.  Runs of consecutive elementwise equations over
 the same iteration space (a batch of vectors of one length, a batch of scalars, one
 matrix shape) are fused into one loop; inside it every value is a local scalar, and only
-the values used after the loop (or returned) are stored to arrays.  A read of parameter
+the values used after the loop (or returned) are stored to arrays.  A loop nest that maps
+a whole array point by point joins such a loop (:func:`_pointwise`) when it reads the
+loop's own values only at the point written.  Constant trip counts of loops run once per
+call are hidden from LLVM (:meth:`ArrayKernel.extent`).  Arrays are allocated through
+``_rt.empty``/``_rt.zeros`` (compiled once per machine, not per process).  A read of parameter
 arrays at data indices, one element per example (``cams[ci, 5]``), fuses into the loops
 of batched scalars as an indexed read (its keys checked once before the loop).  An
 explicit matrix of scalars is assembled by loops, not slices (numba compiles ``a[:, k] +=
