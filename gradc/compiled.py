@@ -125,7 +125,8 @@ def kernel_specs(prog, reduce, packed):
     per_example = reduce is None and any(i.role == "data" for i in prog.inputs)
     per = " per example" if per_example else ""
     specs = [KernelSpec("value", prog, (("scalar", tuple(prog.outputs)),), f"The value{per}.")]
-    if not getattr(prog.outputs[0], "shape", ()) and (packed or not per_example):
+    scalar_params = all(not i.var.shape for i in prog.inputs if i.role == "param")
+    if not getattr(prog.outputs[0], "shape", ()) and (packed or not per_example or scalar_params):
         vjp = vjp_program(prog, per_example=per_example)
         kind = "array" if packed else "tuple"
         n = len(vjp.outputs) - 1  # gradient entries
@@ -318,7 +319,10 @@ class CompiledFunction:
 
     # -- argument checking ------------------------------------------------------------------
     def _params(self, values, what):
-        """Params (or a tangent) as the kernels take them."""
+        """Params (or a tangent) as the kernels take them: a sequence in wrt order, or a
+        dict keyed by the wrt symbols (or their names)."""
+        if isinstance(values, dict):
+            values = self._ordered(values, what)
         if self.scalar_params:
             try:
                 arr = np.asarray(values, dtype=np.float64)
@@ -337,6 +341,27 @@ class CompiledFunction:
                 f"({', '.join(map(str, self.wrt))})"
             )
         return tuple(self._value(s, v, what) for s, v in zip(self.wrt, values))
+
+    def _ordered(self, values, what):
+        """A dict of params as a list in wrt order (keys: the wrt symbols or their names)."""
+        by_name = {str(s): s for s in self.wrt}
+        out = {}
+        for key, v in values.items():
+            sym = key if key in self._shapes and key in self.wrt else by_name.get(
+                key if isinstance(key, str) else None)
+            if sym is None:
+                raise GradcError(
+                    f"{what}: key {key!r} is not a symbol of wrt ({', '.join(by_name)}); "
+                    "pass a dict keyed by the wrt symbols (or their names), or a list in wrt "
+                    "order")
+            if sym in out:
+                raise GradcError(f"{what}: {sym} is given twice (as the symbol and its name)")
+            out[sym] = v
+        missing = [str(s) for s in self.wrt if s not in out]
+        if missing:
+            raise GradcError(f"{what}: no value for {', '.join(missing)} (a dict of params "
+                             "needs one entry per wrt symbol)")
+        return [out[s] for s in self.wrt]
 
     def _value(self, sym, value, role):
         """One batch-invariant value: a float for a scalar, a 2-D float64 array for a matrix.
@@ -454,6 +479,10 @@ class CompiledFunction:
         for matrix params, each entry shaped like the value passed for it when ``like``
         (from :meth:`_passed_shapes`) says so."""
         if isinstance(o, (tuple, list)):  # gradients of matrix params: a list in wrt order
+            if self.scalar_params and self.reduce is None and o and np.ndim(o[0]) == 1:
+                # per-example gradients of scalar params beside matrix data: (n, P), as
+                # a scalar model's
+                return np.column_stack([np.asarray(e, dtype=np.float64) for e in o])
             like = like or (None,) * len(self.wrt)
             return [self._grad_entry(s, g, k) for s, g, k in zip(self.wrt, o, like)]
         return _plain(o)
@@ -477,6 +506,8 @@ class CompiledFunction:
         with differently shaped params do not interfere)."""
         if self.scalar_params:
             return None
+        if isinstance(values, dict):  # (checked by _params already)
+            values = self._ordered(values, "params")
         out, differ = [], False
         for s, v in zip(self.wrt, values):
             shape = v.shape if isinstance(v, np.ndarray) else np.shape(v) if v is not None \
@@ -496,9 +527,14 @@ class CompiledFunction:
                 f"{self.output_shape[0]}x{self.output_shape[1]} matrix: use jacobian"
             )
         if kernel is None:
+            arrays = [str(s) for s in self.wrt + self.data + self.consts if self._shapes[s]]
             raise GradcError(
-                f"{name} is not available for reduce=None with matrix parameters: per-example "
-                "gradients of matrices are not supported; use reduce='sum' or 'mean'"
+                f"{name} is not available for reduce=None here: per-example gradients and "
+                "Hessian-vector products are compiled for models of scalar symbols only, and "
+                f"this one has matrix or indexed values ({', '.join(arrays)}). For "
+                "per-example gradients use fn.jacobian(params, *data) (an (n, P) array, "
+                "from compiled sweeps over the batch); for one gradient of the whole batch "
+                "compile with reduce='sum' or 'mean'"
             )
         return kernel
 
@@ -509,7 +545,7 @@ class CompiledFunction:
     def grad(self, params, *args):
         """The gradient with respect to ``wrt`` (a vector, or a list for matrix params)."""
         out = self._call(self._kernel("grad"), self._params(params, "params"), *self._args(args))
-        return out if self.scalar_params else self._result(out, self._passed_shapes(params))
+        return out if self.packed else self._result(out, self._passed_shapes(params))
 
     def value_and_grad(self, params, *args):
         """``(value, gradient)`` in one pass (reverse mode)."""
@@ -601,12 +637,21 @@ class CompiledFunction:
             k += m
         return out
 
+    @property
+    def packed(self):
+        """Whether the kernels take the params packed in one float64 vector (a scalar
+        model), rather than a tuple of one value per wrt symbol (also when those are all
+        scalars, beside matrix or indexed data)."""
+        if "packed" not in self._second:
+            self._second["packed"] = is_scalar_model(self.expr, self.wrt, self.data, self.consts)
+        return self._second["packed"]
+
     def _value_program(self):
         """The lowered value program: the one ``compile`` lowered, or, for a function
         loaded from the disk cache (which has only its source), lowered again on first
         use."""
         if "value" not in self._second:
-            packed = is_scalar_model(self.expr, self.wrt, self.data, self.consts)
+            packed = self.packed
             self._second["value"] = lower(self.expr, self.wrt, self.data, self.consts,
                                           self.reduce, packed=packed, checked=True)
         return self._second["value"]

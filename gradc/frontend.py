@@ -222,7 +222,8 @@ def check_roles(expr, wrt, data, consts, scalar=False):
                     f"free index {', '.join(free)} in {short(node)}: bind it with a Sum (or "
                     "the Lambda of a FunctionMatrix), or use integer indices")
     for s in sorted(missing, key=str):
-        raise GradcError(f"free symbol {s} is in neither wrt, data nor consts")
+        raise GradcError(f"free symbol {s} is in neither wrt, data nor consts"
+                         + _namesake(s, roles))
     if not wrt:
         raise GradcError("wrt is empty: name at least one symbol to differentiate with respect to")
     return tuple(wrt), tuple(data), tuple(consts)
@@ -604,6 +605,26 @@ def _replace_operands(node, slots):
     if not node.args or node.is_Number:
         return node
     return node.func(*[_replace_operands(a, slots) for a in node.args])
+
+
+def _assumptions(s):
+    given = getattr(s, "_assumptions_orig", None) or {}
+    return "{" + ", ".join(f"{k}={v}" for k, v in sorted(given.items())) + "}" if given else \
+        "none"
+
+
+def _namesake(s, roles):
+    """The end of the message for a free symbol ``s``: a declared symbol that prints the
+    same but is another symbol (other assumptions: sympy's ``Symbol("x")`` and
+    ``Symbol("x", real=True)`` are two symbols), or nothing."""
+    same = [(r, role) for r, role in roles.items() if str(r) == str(s) and r != s]
+    if not same:
+        return ""
+    r, role = same[0]
+    return (f"; {role} holds a different symbol that also prints as {s}: sympy tells them "
+            f"apart by their assumptions (in the expression: {_assumptions(s)}; in {role}: "
+            f"{_assumptions(r)}). Create both with the same assumptions, or pass the "
+            "expression's own symbol")
 
 
 def is_scalar_model(expr, wrt, data=(), consts=()) -> bool:

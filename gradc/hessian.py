@@ -258,16 +258,14 @@ def hessian(fn, params, args, sparse=False, method="auto"):
         if width <= 1:  # the HVP kernel, once per direction
             for c, t in enumerate(tangents):
                 hv = kernel(p, t, *vals)
-                products[..., c, :] = hv if fn.scalar_params else fn.pack(fn._result(hv), False)
+                products[..., c, :] = _flat_products(fn, hv)
         else:  # blocks of directions sharing one primal and one reverse pass
             block = fn._hvp_block(width)
             for start in range(0, k, width):
                 seeds = _block_seeds(fn, tangents, start, width)
                 out = block(p, seeds, *vals)
                 for c in range(min(width, k - start)):
-                    hv = out[2 + c]
-                    products[..., start + c, :] = hv if fn.scalar_params else \
-                        fn.pack(fn._result(hv), False)
+                    products[..., start + c, :] = _flat_products(fn, out[2 + c])
     out = _assemble(products, rec, plan.pattern, method, sparse, per_example, n)
     plan.measured[(method, n if fn.data else 1)] = time.perf_counter() - start
     return out
@@ -318,11 +316,20 @@ def _dense_from_columns(products, pattern):
     return h
 
 
+def _flat_products(fn, hv):
+    """One direction's HVP kernel output as flat rows: ``(P,)``, or ``(n, P)`` per example."""
+    if fn.packed:
+        return hv
+    if fn.scalar_params:  # one value (or one per example) per scalar param
+        return np.asarray(fn._result(hv), dtype=np.float64)
+    return fn.pack(fn._result(hv), False)
+
+
 def _block_seeds(fn, tangents, start, width):
     """Directions ``start .. start + width`` as the ``hvp_block`` kernel takes them (a
     ``(width, P)`` array, or one flat tuple of parameter tuples), padded with zeros."""
     chosen = tangents[start:start + width]
-    if fn.scalar_params:
+    if fn.packed:
         out = np.zeros((width, fn.size))
         out[:len(chosen)] = chosen
         return out

@@ -108,3 +108,61 @@ def test_kernels_called_directly_check_labels():
     f = gradc.compile(nn.cross_entropy(z, lab), wrt=[z], data=[lab], jit=False)
     with pytest.raises(ValueError, match="label out of range"):
         f.kernels.value((np.zeros((3, 1)),), np.array([5.0]))
+
+
+def test_namesake_with_other_assumptions_is_named():
+    x, xr, w = sp.Symbol("x"), sp.Symbol("x", real=True), sp.Symbol("w")
+    with pytest.raises(GradcError, match=r"data holds a different symbol that also prints as x"
+                       r".*expression: \{real=True\}; in data: none"):
+        gradc.compile((w * xr) ** 2, wrt=[w], data=[x], jit=False)
+
+
+def test_params_as_a_dict_by_symbol_or_name():
+    W, X, b = sp.MatrixSymbol("W", 2, 3), sp.MatrixSymbol("X", 3, 1), sp.Symbol("b")
+    fn = gradc.compile(((W * X).T * (W * X))[0, 0] + b ** 2, wrt=[W, b], data=[X], jit=False)
+    rng = np.random.default_rng(1)
+    Wv, Xv = rng.normal(size=(2, 3)), rng.normal(size=(4, 3))
+    v, g = fn.value_and_grad([Wv, 0.5], Xv)
+    v2, g2 = fn.value_and_grad({b: 0.5, W: Wv}, Xv)
+    v3, g3 = fn.value_and_grad({"W": Wv, "b": 0.5}, Xv)
+    assert v == v2 == v3
+    for h in (g2, g3):
+        np.testing.assert_array_equal(h[0], g[0])
+        assert h[1] == g[1]
+    with pytest.raises(GradcError, match="params: no value for b"):
+        fn.value({W: Wv}, Xv)
+    with pytest.raises(GradcError, match="key 'c' is not a symbol of wrt"):
+        fn.value({W: Wv, b: 0.5, "c": 1.0}, Xv)
+    with pytest.raises(GradcError, match="W is given twice"):
+        fn.value({W: Wv, "W": Wv, b: 0.5}, Xv)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_per_example_gradients_of_scalar_params_beside_matrix_data(jit):
+    """Scalar wrt with MatrixSymbol data and reduce=None: per-example gradients, HVPs,
+    Hessians and Jacobians, (n, P) as for a scalar model, against the closed form (the
+    Jacobian's colour blocks once took the params' layout for a packed vector)."""
+    X, (a, b) = sp.MatrixSymbol("X", 3, 1), sp.symbols("a b")
+    Xv = np.arange(12.0).reshape(4, 3) / 10
+    s = (Xv ** 2).sum(axis=1)
+    G = np.c_[2 * (s + 2) * s, 2 * (s + 2)]  # d/da, d/db of (a s + b)^2 at a=1, b=2
+    H = np.stack([[[2 * t * t, 2 * t], [2 * t, 2.0]] for t in s])
+    fn = gradc.compile(((X.T * X)[0, 0] * a + b) ** 2, wrt=[a, b], data=[X], reduce=None,
+                       jit=jit)
+    value, g = fn.value_and_grad([1.0, 2.0], Xv)
+    np.testing.assert_allclose(value, (s + 2) ** 2, rtol=1e-14)
+    np.testing.assert_allclose(g, G, rtol=1e-14)
+    np.testing.assert_allclose(fn.grad([1.0, 2.0], Xv), G, rtol=1e-14)
+    np.testing.assert_allclose(fn.jacobian([1.0, 2.0], Xv), G, rtol=1e-14)
+    np.testing.assert_allclose(fn.jacobian([1.0, 2.0], Xv, mode="forward"), G, rtol=1e-14)
+    np.testing.assert_allclose(fn.hvp([1.0, 2.0], [1.0, 0.0], Xv), H[:, :, 0], rtol=1e-14)
+    np.testing.assert_allclose(fn.hessian([1.0, 2.0], Xv), H, rtol=1e-14)
+
+
+def test_per_example_gradients_of_matrix_params_say_what_to_use():
+    W, v = sp.MatrixSymbol("W", 2, 3), sp.MatrixSymbol("v", 3, 1)
+    fn = gradc.compile(gradc.nn.sum(gradc.nn.tanh(W * v)), wrt=[W], data=[v], reduce=None,
+                       jit=False)
+    with pytest.raises(GradcError, match=r"matrix or indexed values \(W, v\).*fn.jacobian"):
+        fn.grad([np.full((2, 3), 0.1)], np.ones((5, 3)))
+    assert fn.jacobian([np.full((2, 3), 0.1)], np.ones((5, 3))).shape == (5, 6)
