@@ -219,6 +219,15 @@ def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
     return compile(expr, wrt, data, consts, reduce=reduce, jit=jit, parallel=parallel)
 
 
+def _real_array(values):
+    """``values`` as a float64 array; a TypeError for anything but real numbers (complex
+    ones included: numpy would drop their imaginary parts with only a warning)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(arr.dtype)
+    return arr.astype(np.float64, copy=False)
+
+
 def _plain(x):
     """numpy scalars become Python floats; arrays stay arrays."""
     return float(x) if np.ndim(x) == 0 else x
@@ -325,9 +334,10 @@ class CompiledFunction:
             values = self._ordered(values, what)
         if self.scalar_params:
             try:
-                arr = np.asarray(values, dtype=np.float64)
+                arr = _real_array(values)
             except (TypeError, ValueError):
-                raise GradcError(f"{what} must be a sequence of numbers in wrt order") from None
+                raise GradcError(f"{what} must be a sequence of real numbers in wrt order") \
+                    from None
             arr = arr.reshape(-1) if arr.ndim == 0 else arr
             if arr.ndim != 1 or arr.shape[0] != len(self.wrt):
                 raise GradcError(
@@ -335,7 +345,7 @@ class CompiledFunction:
                     f"symbol of wrt ({', '.join(map(str, self.wrt))})"
                 )
             return np.ascontiguousarray(arr)
-        if isinstance(values, np.ndarray) or len(values) != len(self.wrt):
+        if not isinstance(values, (list, tuple)) or len(values) != len(self.wrt):
             raise GradcError(
                 f"{what} must be a sequence of {len(self.wrt)} values, one per symbol of wrt "
                 f"({', '.join(map(str, self.wrt))})"
@@ -374,9 +384,11 @@ class CompiledFunction:
             return float(value)  # a Python number for a scalar (a const, mostly)
         what = f"{role} {sym}"  # (printing a sympy symbol takes microseconds: not above)
         try:
-            arr = np.asarray(value, dtype=np.float64)
+            arr = _real_array(value)
         except (TypeError, ValueError):
-            raise GradcError(f"{what}: expected real numbers, got {type(value).__name__}") from None
+            got = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else \
+                type(value).__name__
+            raise GradcError(f"{what}: expected real numbers, got {got}") from None
         if shape in ((), (1, 1)):
             if arr.size != 1:
                 raise GradcError(f"{what}: expected a scalar, got shape {arr.shape}")
@@ -395,7 +407,11 @@ class CompiledFunction:
             )
         out, n = [], None
         for sym, a in zip(self.data, args[:nd]):
-            arr = np.asarray(a)
+            try:
+                arr = np.asarray(a)
+            except (TypeError, ValueError):  # ragged nested lists
+                raise GradcError(f"data {sym}: expected an array of real numbers, got a "
+                                 f"{type(a).__name__} that numpy cannot make an array of") from None
             if arr.dtype.kind not in "biuf":
                 raise GradcError(f"data {sym}: dtype {arr.dtype} is not a real number type")
             shape = self._shapes[sym]
@@ -435,7 +451,11 @@ class CompiledFunction:
             if type(c) in (float, int) and not self._shapes[sym]:
                 out.append(float(c))
                 continue
-            arr = np.asarray(c)
+            try:
+                arr = np.asarray(c)
+            except (TypeError, ValueError):
+                raise GradcError(f"const {sym}: expected a real number, got "
+                                 f"{type(c).__name__}") from None
             if arr.dtype.kind not in "biuf" or (not self._shapes[sym] and arr.ndim != 0):
                 raise GradcError(
                     f"const {sym}: expected a real scalar, got {arr.dtype} with shape {arr.shape}"
@@ -862,8 +882,8 @@ class CompiledFunction:
         if self.data:
             try:
                 self._second["last_n"] = int(np.shape(args[0])[0])
-            except (IndexError, TypeError):
-                pass
+            except (IndexError, TypeError, ValueError):
+                pass  # (hessian() checks the arguments and says what is wrong)
         return hessian(self, params, args, sparse=sparse, method=method)
 
     def memory(self, n=1):

@@ -62,7 +62,7 @@ def test_gamma_has_a_kernel_but_no_derivative_kernel():
     [
         (lambda f: f.value([1.0], np.ones(3), np.ones(3)), r"params has shape \(1,\); expected 2"),
         (lambda f: f.value([1.0, 2.0, 3.0], np.ones(3), np.ones(3)), "expected 2 values"),
-        (lambda f: f.value("ab", np.ones(3), np.ones(3)), "params must be a sequence of numbers"),
+        (lambda f: f.value("ab", np.ones(3), np.ones(3)), "params must be a sequence of real numbers"),
         (lambda f: f.value([1.0, 2.0], np.ones(3)), r"expected 2 data array\(s\) \(x, y\)"),
         (lambda f: f.value([1.0, 2.0], np.ones(3), np.ones(4)), "data y has 4 examples but x has 3"),
         (lambda f: f.value([1.0, 2.0], np.ones((3, 2)), np.ones(3)), r"data x: expected a 1-D array.*\(3, 2\)"),
