@@ -289,6 +289,9 @@ class Lowerer:
         if isinstance(node, sp.Pow):
             return [a for a in node.args if not a.is_Number]
         if isinstance(node, Application) and isinstance(node, sp.Expr):
+            u = _softplus_arg(node)
+            if u is not None:  # log(1 + exp(u)): lowered as Softplus(u), see _lower_log
+                return [] if u.is_Number else [u]
             out = []
             _collect_operands(node, out)
             return out
@@ -362,6 +365,19 @@ class Lowerer:
         slots = {op: prims.placeholder(i) for i, op in enumerate(operands)}
         body = _replace_operands(node, slots)
         return prims.elementwise(self.b, body, [self.memo[op] for op in operands])
+
+    def _lower_log(self, node):
+        """``log(1 + exp(u))`` is computed as ``Softplus(u)``: no overflow of ``exp(u)`` for
+        large ``u`` (and a finite derivative, the logistic, where ``exp(u)/(1 + exp(u))``
+        would be inf/inf); any other ``log`` as a function application."""
+        u = _softplus_arg(node)
+        if u is None:
+            return self._lower_Application(node)
+        if u.is_Number:
+            return Lit(float(node))
+        from .nn import Softplus
+
+        return prims.elementwise(self.b, Softplus(prims.placeholder(0)), [self.memo[u]])
 
     # -- matrices -------------------------------------------------------------------------
     def _lower_MatrixSymbol(self, node):  # pragma: no cover - roles are checked first
@@ -566,6 +582,18 @@ def _leaves(node):
         else:
             stack.extend(a for a in n.args if isinstance(a, sp.Basic))
     return out
+
+
+def _softplus_arg(node):
+    """``u`` when ``node`` is ``log(1 + exp(u))`` (sympy's canonical ``log(exp(u) + 1)``),
+    else None."""
+    if not isinstance(node, sp.log) or not isinstance(node.args[0], sp.Add):
+        return None
+    terms = node.args[0].args
+    if len(terms) != 2 or sp.S.One not in terms:
+        return None
+    (other,) = [t for t in terms if t != sp.S.One]
+    return other.args[0] if isinstance(other, sp.exp) else None
 
 
 def _collect_operands(node, out):

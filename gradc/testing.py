@@ -80,10 +80,19 @@ def check_grads(fn, params, *args, directions=3, eps=1e-6, rtol=1e-6, atol=1e-9,
         _close(grad @ u, fd, rtol, atol, f"reverse vs central differences along {u}")
 
 
+def _scipy_special():
+    """scipy's polygamma and beta for the oracle (independent of gradc's own), if installed."""
+    try:
+        from scipy import special
+    except ImportError:  # pragma: no cover - scipy is in the test extras
+        return {}
+    return {"polygamma": special.polygamma, "beta": special.beta}
+
+
 _MODULES = [
     {name: np.vectorize(getattr(math, fn), otypes=[float])
      for name, fn in (("erf", "erf"), ("erfc", "erfc"), ("gamma", "gamma"), ("loggamma", "lgamma"))}
-    | {"step_": lambda x, h0=0.5: np.heaviside(x, h0)},
+    | {"step_": lambda x, h0=0.5: np.heaviside(x, h0)} | _scipy_special(),
     "numpy",
 ]
 _STEP = sp.Function("step_")

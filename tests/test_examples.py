@@ -248,3 +248,16 @@ def test_adbench_ba_against_sympy_oracle():
                                rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(r, ba.reference(cams, X, w, obs, feats), rtol=1e-10,
                                atol=1e-10)
+
+
+def test_count_regression(tmp_path):
+    r = run("count_regression", tmp_path)
+    assert max(r["scipy_rel_err"]) < 1e-12  # against scipy.stats log pmfs
+    assert max(r["fd_rel_err"]) < 1e-6
+    nb, po = np.array(r["nb"]), np.array(r["poisson"])
+    assert np.abs(nb[:3] - [1.0, 0.6, -0.4]).max() < 0.2
+    assert np.abs(po - [1.0, 0.6, -0.4]).max() < 0.2
+    assert 0.25 < np.exp(nb[3]) < 1.0  # the dispersion, alpha = 0.5
+    assert r["loglik"][1] > r["loglik"][0] + 50  # over-dispersed: NB fits far better
+    ratio = np.array(r["se"]) / np.array(r["refit_sd"])
+    assert np.all((ratio > 0.4) & (ratio < 2.5)), ratio  # Hessian se against refits

@@ -33,6 +33,8 @@ FUNCTIONS = {
     "sinh": "np.sinh", "cosh": "np.cosh", "asinh": "np.arcsinh", "acosh": "np.arccosh",
     "atanh": "np.arctanh", "floor": "np.floor", "ceiling": "np.ceil",
     "erf": "math.erf", "erfc": "math.erfc", "gamma": "math.gamma", "loggamma": "math.lgamma",
+    "polygamma": "_rt.polygamma", "beta": "_rt.beta", "expm1": "_vm.expm1_s",
+    "log1p": "_vm.log1p_s",
     "sign": "_rt.sign", "Heaviside": "_rt.heaviside", "Abs": "abs",
     "Max": "_rt.maximum", "Min": "_rt.minimum",
     "Logistic": "_vm.sigmoid_s", "Softplus": "_rt.softplus",
