@@ -81,12 +81,12 @@ def check_grads(fn, params, *args, directions=3, eps=1e-6, rtol=1e-6, atol=1e-9,
 
 
 def _scipy_special():
-    """scipy's polygamma and beta for the oracle (independent of gradc's own), if installed."""
+    """scipy's polygamma, beta and erfinv for the oracle (not gradc's own), if installed."""
     try:
         from scipy import special
     except ImportError:  # pragma: no cover - scipy is in the test extras
         return {}
-    return {"polygamma": special.polygamma, "beta": special.beta}
+    return {"polygamma": special.polygamma, "beta": special.beta, "erfinv": special.erfinv}
 
 
 _MODULES = [

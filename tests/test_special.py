@@ -1,5 +1,5 @@
 """The special functions likelihoods need (issue 13): polygamma (digamma), gamma,
-loggamma, beta, expm1 and log1p, with their derivatives, against scipy.special, the
+loggamma, beta, erfinv, expm1 and log1p, with their derivatives, against scipy.special, the
 sympy.diff oracle and finite differences; and a negative-binomial log likelihood."""
 
 import numpy as np
@@ -45,6 +45,17 @@ def test_beta_against_scipy():
     assert rt.beta(-0.5, 2.0) == pytest.approx(scipy_special.beta(-0.5, 2.0), rel=1e-14)
 
 
+def test_erfinv_against_scipy():
+    ys = np.concatenate([np.linspace(-0.999999, 0.999999, 801), 1 - np.logspace(-16, -1, 30),
+                         -(1 - np.logspace(-16, -1, 30)), [0.0, 1e-300, 0.5, -0.5]])
+    want = scipy_special.erfinv(ys)
+    for f in (rt.erfinv, rt.python.erfinv):
+        got = np.array([f(y) for y in ys])
+        np.testing.assert_allclose(got, want, rtol=2e-15, atol=1e-300)
+    assert [rt.erfinv(v) for v in (1.0, -1.0)] == [np.inf, -np.inf]
+    assert all(np.isnan(rt.erfinv(v)) for v in (1.5, -2.0, np.nan))
+
+
 w, u, x = sp.symbols("w u x")
 MODELS = {
     "loggamma": (sp.loggamma(w * x + 3) + sp.polygamma(1, u * x + 2), [w, u]),
@@ -52,6 +63,7 @@ MODELS = {
     "beta": (sp.log(sp.beta(w ** 2 + 1, u ** 2 + x ** 2 + 0.5)), [w, u]),
     "digamma": (sp.digamma(w * x + 4) * u ** 2, [w, u]),
     "expm1_log1p": (expm1(w * x) + log1p(u ** 2 * x ** 2), [w, u]),
+    "erfinv": (sp.erfinv(sp.tanh(w * x)) * u, [w, u]),
 }
 
 
@@ -105,3 +117,23 @@ def test_log_one_plus_exp_is_computed_as_softplus(jit):
     np.testing.assert_allclose(g[:, 0], X * sig(2.0 * X), rtol=1e-14)
     np.testing.assert_allclose(g[:, 1], -X * sig(-0.7 * X), rtol=1e-14, atol=1e-200)
     check_against_sympy(fn, P, X[1:4], rtol=1e-12)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_sinc_derivatives_near_and_at_zero(jit):
+    """sympy's derivative of sinc, cos(x)/x - sin(x)/x**2, is 0/0 at 0 and loses all its
+    digits near it; gradc's keeps them (against 50-digit mpmath), first and second."""
+    import mpmath
+
+    s = sp.Symbol("s")
+    d1 = sp.lambdify(s, sp.diff(sp.sin(s) / s, s), "mpmath")
+    d2 = sp.lambdify(s, sp.diff(sp.sin(s) / s, s, 2), "mpmath")
+    X = np.array([0.0, 1e-9, 1e-4, 0.3, 0.4999, 0.5, 3.0, -0.2, -40.0])
+    with mpmath.workdps(50):
+        g1 = np.array([float(t * d1(mpmath.mpf(t))) if t else 0.0 for t in X])
+        g2 = np.array([float(t ** 2 * d2(mpmath.mpf(t))) if t else 0.0 for t in X])
+    fn = gradc.compile(sp.sinc(w * x), wrt=[w], data=[x], reduce=None, jit=jit)
+    value, g = fn.value_and_grad([1.0], X)
+    np.testing.assert_allclose(value, np.sinc(X / np.pi), rtol=1e-15)
+    np.testing.assert_allclose(g[:, 0], g1, rtol=2e-15, atol=1e-300)
+    np.testing.assert_allclose(fn.hessian([1.0], X)[:, 0, 0], g2, rtol=4e-15, atol=1e-300)

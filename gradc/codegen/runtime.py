@@ -213,12 +213,55 @@ def beta(a, b):
     return math.gamma(a) * math.gamma(b) / math.gamma(a + b)
 
 
-for _n in ("digamma", "polygamma", "beta"):
+def erfinv(y):
+    """The inverse error function: a first guess by Giles' single-precision formula
+    ("Approximating the erfinv function", 2010), then Halley steps on erf, or for
+    |y| > 0.5 Newton steps on log erfc (1 - |y| is exact there; erf would lose the
+    digits, and the logarithm keeps the tail well scaled)."""
+    if not (-1.0 <= y <= 1.0):
+        return np.nan
+    if y == 1.0 or y == -1.0:
+        return y * np.inf
+    w = -np.log((1.0 - y) * (1.0 + y))
+    if w < 5.0:
+        w -= 2.5
+        p = 2.81022636e-08
+        for c in (3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                  -0.00125372503, -0.00417768164, 0.246640727, 1.50140941):
+            p = c + p * w
+    else:
+        w = np.sqrt(w) - 3.0
+        p = -0.000200214257
+        for c in (0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                  -0.0076224613, 0.00943887047, 1.00167406, 2.83297682):
+            p = c + p * w
+    x = abs(p * y)
+    a = abs(y)
+    if a <= 0.5:
+        for _ in range(3):  # Halley on erf(x) = a
+            u = (math.erf(x) - a) / (1.1283791670955126 * np.exp(-x * x))
+            x -= u / (1.0 + x * u)
+    else:
+        t = np.log(1.0 - a)  # (exact: 1 - a for a > 0.5)
+        for _ in range(4):  # Newton on log erfc(x) = log(1 - a): well scaled in the tail
+            e = math.erfc(x)
+            x += (np.log(e) - t) * e / (1.1283791670955126 * np.exp(-x * x))
+    return x if y >= 0.0 else -x
+
+
+def sinc(x):
+    """sin(x) / x (sympy's unnormalised sinc), 1 at 0."""
+    return np.sin(x) / x if x != 0.0 else 1.0
+
+
+for _n in ("digamma", "polygamma", "beta", "erfinv", "sinc"):
     setattr(python, _n, globals()[_n])
 _digamma_pos = _jit(_digamma_pos)
 digamma = _jit(digamma)
 polygamma = _jit(polygamma)
 beta = _jit(beta)
+erfinv = _jit(erfinv)
+sinc = _jit(sinc)
 
 
 # ---------------------------------------------------------------------------------------
