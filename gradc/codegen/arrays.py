@@ -180,8 +180,10 @@ class ArrayKernel(KernelWriter):
 
     def extent(self, k):
         """The text of the constant trip count ``k`` of a loop that runs once per call
-        (over batch-invariant values; loops inside the batch loop keep their constants,
-        which LLVM vectorises best).  From :data:`OPAQUE_FROM` on it is a variable set
+        (over batch-invariant values), or of the innermost loop of a per-example nest
+        when ``k`` is not a multiple of 8 (:meth:`gradc.prims.loop.LoopWriter.stop`; the
+        other loops inside the batch loop keep their constants, which LLVM vectorises
+        best).  From :data:`OPAQUE_FROM` on it is a variable set
         once to ``_rt.opaque(k)``, a value LLVM cannot see: with the count known, LLVM
         unrolls a kernel's many short parameter-space loops (d = 10 or 20 points in the
         GMM) at a compile-time cost far above their run time
