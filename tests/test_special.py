@@ -137,3 +137,23 @@ def test_sinc_derivatives_near_and_at_zero(jit):
     np.testing.assert_allclose(value, np.sinc(X / np.pi), rtol=1e-15)
     np.testing.assert_allclose(g[:, 0], g1, rtol=2e-15, atol=1e-300)
     np.testing.assert_allclose(fn.hessian([1.0], X)[:, 0, 0], g2, rtol=4e-15, atol=1e-300)
+
+
+def test_gamma_family_at_poles_same_with_and_without_numba():
+    """Python's math.gamma and math.lgamma raise at the poles where numba's return inf or
+    NaN: the jit=False path once raised a ValueError there (not a GradcError)."""
+    X = np.array([0.0, -0.0, -1.0, -1.5, 2.0, 200.0])
+    b = sp.Symbol("b")
+    for expr, wrt in ((sp.loggamma(w * x), [w]), (sp.gamma(w * x), [w]),
+                      (sp.beta(w * x, b), [w, b])):
+        got = [gradc.compile(expr, wrt=wrt, data=[x], reduce=None, jit=jit).value_and_grad(
+            [1.0] * len(wrt), X) for jit in (False, True)]
+        np.testing.assert_allclose(got[0][0], got[1][0], rtol=1e-14)
+        np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-14)
+    assert rt.gamma(0.0) == np.inf and np.isnan(rt.gamma(-1.0)) and rt.lgamma(-2.0) == np.inf
+
+
+def test_polygamma_far_below_zero_is_nan_not_a_hang():
+    for f in (rt.polygamma, rt.python.polygamma):
+        assert np.isnan(f(1, -1e9)) and np.isnan(f(3, -2e6 - 0.5))
+    assert np.isfinite(rt.polygamma(1, -1e5 - 0.5))

@@ -9,7 +9,8 @@ must differ for numba kernels:
 * small integer and half-integer powers become products and ``np.sqrt`` (no ``pow`` call);
 * ``exp``, ``log``, ``tanh`` call gradc's vectorisable kernels (``_vm``), other elementary
   functions call numpy ufuncs (IEEE results for NaN, inf and domain errors in both numba
-  and plain Python), ``erf``/``gamma`` call ``math``, and the step functions call gradc's
+  and plain Python), ``erf`` calls ``math``, the gamma family gradc's runtime (the same
+  inf and NaN at the poles with and without numba), and the step functions call gradc's
   runtime helpers (``_rt``), whose conventions are documented in :mod:`gradc.prims`;
 * ``Piecewise`` without a final ``True`` branch gives NaN where no condition holds.
 
@@ -32,7 +33,7 @@ FUNCTIONS = {
     "asin": "np.arcsin", "acos": "np.arccos", "atan": "np.arctan", "atan2": "np.arctan2",
     "sinh": "np.sinh", "cosh": "np.cosh", "asinh": "np.arcsinh", "acosh": "np.arccosh",
     "atanh": "np.arctanh", "floor": "np.floor", "ceiling": "np.ceil",
-    "erf": "math.erf", "erfc": "math.erfc", "gamma": "math.gamma", "loggamma": "math.lgamma",
+    "erf": "math.erf", "erfc": "math.erfc", "gamma": "_rt.gamma", "loggamma": "_rt.lgamma",
     "polygamma": "_rt.polygamma", "beta": "_rt.beta", "erfinv": "_rt.erfinv",
     "sinc": "_rt.sinc",
     "expm1": "_vm.expm1_s",

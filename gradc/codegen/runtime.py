@@ -142,7 +142,8 @@ opaque = _jit(opaque)
 # polygammas.  Recurrence up to x >= 10 (+ n), then the asymptotic series; float64
 # accurate to a few ulp for x > 0 (tests/test_special.py, against scipy.special).  Poles
 # follow scipy: digamma(0) = -inf and NaN at negative integers; polygamma(n, 0) = inf for
-# odd n, -inf for even n, and the same at negative integers.
+# odd n, -inf for even n, and the same at negative integers; polygamma(n >= 1, x) is NaN
+# below x = -1e6 (digamma uses the reflection formula there).
 
 #: B_2k / (2k) for the digamma series, k = 1..7.
 _PSI = (1.0 / 12, 1.0 / 120, 1.0 / 252, 1.0 / 240, 1.0 / 132, 691.0 / 32760, 1.0 / 12)
@@ -150,6 +151,33 @@ _PSI = (1.0 / 12, 1.0 / 120, 1.0 / 252, 1.0 / 240, 1.0 / 132, 691.0 / 32760, 1.0
 _PSIN = (1.0 / 12, -1.0 / 720, 1.0 / 30240, -1.0 / 1209600, 1.0 / 47900160,
          -691.0 / 1307674368000, 1.0 / 74724249600, -3617.0 / 10670622842880000,
          43867.0 / 5109094217170944000)
+
+
+def gamma(x):
+    """Gamma(x) with IEEE results at the poles and past the range (as numba's ``math.gamma``:
+    inf at 0 and for large x, NaN at negative integers)."""
+    return math.gamma(x)
+
+
+def lgamma(x):
+    """log |Gamma(x)|, inf at the poles (as numba's ``math.lgamma``)."""
+    return math.lgamma(x)
+
+
+def _python_gamma(x):  # Python's math raises where numba's returns inf or NaN
+    try:
+        return math.gamma(x)
+    except ValueError:
+        return math.copysign(np.inf, x) if x == 0.0 else np.nan
+    except OverflowError:
+        return np.inf
+
+
+def _python_lgamma(x):
+    try:
+        return math.lgamma(x)
+    except (ValueError, OverflowError):
+        return np.inf
 
 
 def _digamma_pos(x):
@@ -179,8 +207,8 @@ def polygamma(n, x):
     n = int(n)
     if n == 0:
         return digamma(x)
-    if x != x or n < 0:
-        return np.nan
+    if x != x or n < 0 or x < -1e6:
+        return np.nan  # (below -1e6 the recurrence up to x >= 10 would take |x| steps)
     odd = n % 2 == 1
     if x <= 0.0 and x == np.floor(x):
         return np.inf if odd else -np.inf
@@ -209,8 +237,8 @@ def polygamma(n, x):
 def beta(a, b):
     """The beta function Gamma(a) Gamma(b) / Gamma(a + b) (through log-gamma for a, b > 0)."""
     if a > 0.0 and b > 0.0:
-        return np.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
-    return math.gamma(a) * math.gamma(b) / math.gamma(a + b)
+        return np.exp(lgamma(a) + lgamma(b) - lgamma(a + b))
+    return gamma(a) * gamma(b) / gamma(a + b)
 
 
 def erfinv(y):
@@ -256,6 +284,9 @@ def sinc(x):
 
 for _n in ("digamma", "polygamma", "beta", "erfinv", "sinc"):
     setattr(python, _n, globals()[_n])
+python.gamma, python.lgamma = _python_gamma, _python_lgamma
+gamma = _jit(gamma)
+lgamma = _jit(lgamma)
 _digamma_pos = _jit(_digamma_pos)
 digamma = _jit(digamma)
 polygamma = _jit(polygamma)
