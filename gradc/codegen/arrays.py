@@ -435,19 +435,28 @@ class ArrayKernel(KernelWriter):
     def matmul(self, eqn):
         a, b = eqn.inputs
         A, B, out = self.name(a), self.name(b), self.name(eqn.out)
-        k = a.shape[1]
+        (r, k), (_, c) = a.shape, b.shape
         if eqn.params:  # summed over the batch
             if k == 1:
                 return [f"{out} = np.dot({A}.T, {B})"]
-            return [f"{out} = _rt.vsum(_rt.rowdot({A}, {B}), n)"]
+            if r == 1 and c == 1:
+                return [f"{out} = _rt.vsum(_rt.rowdot({A}, {B}), n)"]
+            return [f"{out} = _rt.bmm_sum({A}, {B}, {r}, {k}, {c}, n)"]
         if not a.batched and not b.batched:
             return [f"{out} = np.dot({A}, {B})" + ("[0, 0]" if not eqn.out.shape else "")]
-        if b.batched and not a.batched:
+        if b.batched and not a.batched and c == 1:
             text = f"np.dot({B}, {A}.T)"
-        elif a.batched and not b.batched:
+        elif a.batched and not b.batched and r == 1:
             text = f"np.dot({A}, {B})"
-        else:
+        elif a.batched and not b.batched:
+            # per-example r x k matrices against one k x c: one product of the batch's rows
+            text = f"np.dot(np.ascontiguousarray({A}).reshape(n * {r}, {k}), {B})" \
+                   f".reshape(n, {r * c})"
+        elif r == 1 and c == 1:
             return [f"{out} = _rt.rowdot({A}, {B})"]
+        else:
+            return [f"{out} = _rt.bmm({A}, {B}, {int(a.batched)}, {int(b.batched)}, "
+                    f"{r}, {k}, {c}, n)"]
         if not eqn.out.shape:
             text = f"np.ascontiguousarray({text}[:, 0])"
         return [f"{out} = {text}"]

@@ -426,6 +426,55 @@ def rowdot(a, b):
     return out
 
 
+def bmm(a, b, ab, bb, r, k, c, n):
+    """Per-example matrix products: row ``i`` of the ``(n, r * c)`` result is example
+    ``i``'s ``A @ B``, flattened, with ``A`` the ``r x k`` row ``a[i]`` of a batch
+    (``ab``) or the one matrix ``a``, and ``B`` likewise (``bb``).  Small products run as
+    loops, large ones as one BLAS product per example."""
+    out = np.empty((n, r * c))
+    A0 = np.ascontiguousarray(a).reshape((-1, r * k))
+    B0 = np.ascontiguousarray(b).reshape((-1, k * c))
+    blas = r * k * c >= 4096
+    for i in range(n):
+        A = A0[i if ab else 0]
+        B = B0[i if bb else 0]
+        o = out[i]
+        if blas:
+            o[:] = np.dot(A.reshape((r, k)), B.reshape((k, c))).reshape(r * c)
+        else:
+            for p in range(r):
+                for q in range(c):
+                    s = 0.0
+                    for t in range(k):
+                        s += A[p * k + t] * B[t * c + q]
+                    o[p * c + q] = s
+    return out
+
+
+def bmm_sum(a, b, r, k, c, n):
+    """The sum over a batch of per-example products ``A_i @ B_i`` (rows of ``(n, r * k)``
+    and ``(n, k * c)`` arrays), as an ``r x c`` matrix: one BLAS product of the examples
+    laid side by side."""
+    A = np.ascontiguousarray(a).reshape((n, r, k))
+    B = np.ascontiguousarray(b).reshape((n * k, c))
+    wide = np.empty((r, n * k))
+    for p in range(r):
+        for i in range(n):
+            for t in range(k):
+                wide[p, i * k + t] = A[i, p, t]
+    return np.dot(wide, B)
+
+
+def btranspose(a, r, c, n):
+    """Per-example transposes: ``(n, r * c)`` rows of ``r x c`` matrices to ``(n, c * r)``."""
+    out = np.empty((n, c * r))
+    for i in range(n):
+        for p in range(r):
+            for q in range(c):
+                out[i, q * r + p] = a[i, p * c + q]
+    return out
+
+
 def contract(out, a, b, ta, tb, m, k, n2):
     """``out`` (any shape, C-contiguous, m * n2 elements) = op(A) @ op(B) as an m x n2
     matrix, with A the contiguous array ``a`` seen as m x k (k x m, transposed, when
@@ -568,6 +617,19 @@ python.rowlse = _np_rowlse
 python.lse_all = lambda a: float(_np_rowlse(np.reshape(a, (1, -1)))[0])
 python.rowdot = lambda a, b: np.sum(a * b, axis=1)
 python.contract = _np_contract
+
+
+def _np_bmm(a, b, ab, bb, r, k, c, n):
+    A = np.reshape(a, (n, r, k)) if ab else np.reshape(a, (r, k))
+    B = np.reshape(b, (n, k, c)) if bb else np.reshape(b, (k, c))
+    return np.reshape(np.matmul(A, B), (n, r * c))
+
+
+python.bmm = _np_bmm
+python.bmm_sum = lambda a, b, r, k, c, n: np.einsum(
+    "irk,ikc->rc", np.reshape(a, (n, r, k)), np.reshape(b, (n, k, c)))
+python.btranspose = lambda a, r, c, n: np.reshape(
+    np.transpose(np.reshape(a, (n, r, c)), (0, 2, 1)), (n, c * r))
 def _np_labels(idx, m):
     k = idx.astype(np.int64)
     if np.any((k < 0) | (k >= m) | (k != idx)):
@@ -590,5 +652,6 @@ valid_index = _jit(valid_index)
 python.vsum_at = vsum_at
 vsum_at = numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})(vsum_at)
 for _n in ("chunk_sums", "colsum", "rowsum", "rowlse", "lse_all", "rowdot", "pick", "pick_fixed", "onehot",
-           "label_stats", "contract", "first_bad_index", "index_text"):
+           "label_stats", "contract", "first_bad_index", "index_text", "bmm", "bmm_sum",
+           "btranspose"):
     globals()[_n] = numba.njit(cache=True, error_model="numpy")(globals()[_n])

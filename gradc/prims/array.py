@@ -85,23 +85,12 @@ class MatMul(Primitive):
         (r, k), (k2, c) = shape_of(a), shape_of(b_)
         if k != k2:
             raise GradcError(f"matrix product: shapes {r}x{k} and {k2}x{c} do not match")
-        for x in (a, b_):
-            if batched(x) and not _is_vector(shape_of(x)):
-                raise GradcError(
-                    f"matrix product with a per-example {_fmt(shape_of(x))} matrix: batched "
-                    "values must be vectors (data as column vectors)"
-                )
         contract = params
         if contract:
             assert batched(a) and batched(b_)
             return (r, c), False
         out = () if (r, c) == (1, 1) else (r, c)
         isb = batched(a) or batched(b_)
-        if isb and not _is_vector(out):
-            raise GradcError(
-                f"matrix product gives a per-example {r}x{c} matrix (an outer product of "
-                "per-example vectors), which gradc does not support"
-            )
         return out, isb
 
     def describe(self, eqn):
@@ -200,7 +189,11 @@ class Transpose(Primitive):
     def emit_array(self, eqn, ctx):
         (a,) = eqn.inputs
         src = ctx.name(a)
-        # a batched vector keeps its (n, L) storage; a matrix becomes a transposed view
+        # a batched vector keeps its (n, L) storage; a matrix becomes a transposed view, a
+        # batch of matrices a batch of their transposes
+        r, c = shape_of(a)
+        if batched(a) and r > 1 and c > 1:
+            return [f"{ctx.name(eqn.out)} = _rt.btranspose({src}, {r}, {c}, n)"]
         return [f"{ctx.name(eqn.out)} = {src}" + ("" if batched(a) else ".T")]
 
     def sparsity(self, eqn, deps, pattern):
