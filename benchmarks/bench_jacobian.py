@@ -7,7 +7,8 @@ Usage::
     python benchmarks/bench_jacobian.py --chains 30 --seed 1
     python benchmarks/bench_jacobian.py --no-jax        # skip the optional JAX rows
     python benchmarks/bench_jacobian.py --no-heap-states  # skip the two heap-state children
-    python benchmarks/bench_jacobian.py --only network  # (a)-(c) only; --only chains: (d) only
+    python benchmarks/bench_jacobian.py --only network  # (a)-(c) only; --only chains: (d) only;
+                                                        # --only classifiers: (e) only
     python benchmarks/bench_jacobian.py --openblas-coretype SkylakeX
                                    # OpenBLAS's AVX-512 kernels (it picks Haswell on znver5)
 
@@ -31,6 +32,10 @@ unless already set)::
         log-uniformly from 2..1000; forward, reverse and optimal timed, auto's choice and the
         predicted times (fn.plan.seconds) noted; plot of predicted against measured time in
         docs/img/predicted_vs_measured.png
+    (e) a softmax classifier softmax(W2 tanh(W1 x + b1) + b2), 64 inputs, 10 classes,
+        hidden widths 16, 64, 256: the Jacobian of the probabilities with respect to the
+        input x (10 x 64) and to all weight arrays (10 x P, matrices flattened row by row),
+        every mode, against JAX's jit(jacrev) and jit(jacfwd)
 
 Targets for (a): auto at least 2.5x faster than the best pure mode, and within 1.2x of the
 hand-bracketed numba (new array).  For (d) the script reports for how many chains the mode
@@ -559,6 +564,90 @@ def heap_env(state):
     return env
 
 
+# ------------------------------------------------------------------------------ (e)
+CLASSIFIER_HIDDEN = (16, 64, 256)
+
+
+def classifier(d, h, k):
+    """(F, x, [W1, b1, W2, b2]) for the softmax classifier softmax(W2 tanh(W1 x + b1) + b2)."""
+    x = sp.MatrixSymbol("x", d, 1)
+    W1, b1 = sp.MatrixSymbol("W1", h, d), sp.MatrixSymbol("b1", h, 1)
+    W2, b2 = sp.MatrixSymbol("W2", k, h), sp.MatrixSymbol("b2", k, 1)
+    return nn.softmax(W2 * nn.tanh(W1 * x + b1) + b2), x, [W1, b1, W2, b2]
+
+
+def _jax_classifier(wrt_params):
+    try:
+        import jax
+    except Exception:  # noqa: BLE001
+        return None
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    def f(x, W1, b1, W2, b2):
+        return jax.nn.softmax(W2 @ jnp.tanh(W1 @ x + b1) + b2)
+
+    if wrt_params:
+        def flat(x, *p):
+            parts = jax.jacrev(f, argnums=(1, 2, 3, 4))(x, *p)
+            return jnp.concatenate([q.reshape(q.shape[0], -1) for q in parts], axis=1)
+
+        def flat_fwd(x, *p):
+            parts = jax.jacfwd(f, argnums=(1, 2, 3, 4))(x, *p)
+            return jnp.concatenate([q.reshape(q.shape[0], -1) for q in parts], axis=1)
+
+        return jax.jit(flat), jax.jit(flat_fwd), jnp
+    return jax.jit(jax.jacrev(f)), jax.jit(jax.jacfwd(f)), jnp
+
+
+def run_classifiers(rounds, use_jax, d=64, k=10):
+    """Section (e): the Jacobian of a softmax classifier's class probabilities with
+    respect to the input (k x d) and to all four weight arrays (k x P), for several hidden
+    widths; every gradc mode and JAX's jit(jacrev) / jit(jacfwd)."""
+    print(f"  {'wrt':8s}{'hidden':>7s}{'P':>8s}  " + "".join(
+        f"{m:>10s}" for m in ("auto", "forward", "reverse", "optimal", "coloured", "jacrev",
+                              "jacfwd")) + f"{'auto/JAX':>10s}  plan picked")
+    rows = []
+    for h in CLASSIFIER_HIDDEN:
+        F, x, ps = classifier(d, h, k)
+        rng = np.random.default_rng(h)
+        xv = rng.normal(size=(d, 1))
+        pv = [rng.normal(size=tuple(q.shape)) / math.sqrt(q.shape[1] if q.shape[1] > 1 else 1)
+              for q in ps]
+        for wrt_params in (False, True):
+            if wrt_params:
+                fn = gradc.compile(F, wrt=ps, consts=[x])
+                params, args = pv, [xv]
+            else:
+                fn = gradc.compile(F, wrt=[x], consts=ps)
+                params, args = [xv], pv
+            cases = {m: (lambda m=m: fn.jacobian(params, *args, mode=m))
+                     for m in ("auto", "forward", "reverse", "optimal", "coloured")}
+            ref = cases["reverse"]()
+            for m, f in cases.items():
+                assert_agree(f"classifier h={h} {m}", f(), ref)
+            jx = _jax_classifier(wrt_params) if use_jax else None
+            if jx is not None:
+                rev, fwd, jnp = jx
+                ja = [jnp.asarray(xv[:, 0])] + [jnp.asarray(v if v.shape[1] > 1 else v[:, 0])
+                                                for v in pv]
+                assert_agree(f"classifier h={h} jacrev", np.asarray(rev(*ja)), ref)
+                cases["jacrev"] = lambda: rev(*ja).block_until_ready()
+                cases["jacfwd"] = lambda: fwd(*ja).block_until_ready()
+            med, _ = time_round_robin(cases, rounds, budget=3.0)
+            ms = {m: med[m][0] * 1e3 for m in med}
+            best_jax = min((ms[m] for m in ("jacrev", "jacfwd") if m in ms), default=math.nan)
+            what = "params" if wrt_params else "input"
+            picked = ("coloured" if fn._coloured_jacobian_wins() else
+                      f"{fn.plan.auto} {fn.plan.bracketing}")
+            print(f"  {what:8s}{h:7d}{ref.shape[1]:8d}  " + "".join(
+                f"{ms.get(m, math.nan):10.3f}" for m in ("auto", "forward", "reverse", "optimal",
+                                                         "coloured", "jacrev", "jacfwd"))
+                  + f"{ms['auto'] / best_jax:10.2f}  {picked}", flush=True)
+            rows.append(dict(wrt=what, hidden=h, ms=ms, ratio=ms["auto"] / best_jax))
+    return rows
+
+
 def run_heap_states(args):
     """(a)-(c) again in one child process per pinned heap state: {state: {case: (ms, f)}}."""
     out = {}
@@ -585,7 +674,7 @@ def main():
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX rows")
     ap.add_argument("--no-heap-states", action="store_true",
                     help="skip re-timing (a)-(c) with the allocator pinned")
-    ap.add_argument("--only", choices=("network", "chains"), default=None)
+    ap.add_argument("--only", choices=("network", "chains", "classifiers"), default=None)
     ap.add_argument("--plot", default=str(PLOT), help="where to save the plot")
     ap.add_argument("--openblas-coretype", default=None,
                     help="set OPENBLAS_CORETYPE (e.g. SkylakeX) before OpenBLAS loads")
@@ -603,7 +692,7 @@ def main():
     header(command.strip())
 
     net = None
-    if args.only != "chains":
+    if args.only in (None, "network"):
         print("\n=== (a)-(c) full Jacobian of tanh(W4 tanh(W3 tanh(W2 tanh(W1 x)))), "
               "widths 1000-20-1000-20-1000 ===")
         net = run_network(args.rounds, not args.no_jax)
@@ -628,8 +717,13 @@ def main():
                     print(f"    {k:40s}{v:8.2f}")
                 print_targets(network_ratios(ms), f" [{s}]")
 
+    if args.only in (None, "classifiers"):
+        print("\n=== (e) softmax classifier 64-h-10: Jacobian of the class probabilities "
+              "with respect to the input and to W1, b1, W2, b2 (ms per call) ===")
+        run_classifiers(9 if args.quick else 15, not args.no_jax)
+
     rows = None
-    if args.only != "network":
+    if args.only in (None, "chains"):
         print(f"\n=== (d) {n_chains} random tanh chains (seed {args.seed}), 2-6 layers, widths "
               f"log-uniform in 2..1000 ===")
         print("  (flops: 2 per multiply-add; compile s: gradc.compile + plan + first call of "

@@ -121,6 +121,7 @@ def study(name, widths, jit, repeats):
         "widths": list(widths),
         "flops": {"forward": 2 * cp.forward_cost, "reverse": 2 * cp.reverse_cost,
                   "optimal": 2 * cp.cost},
+        "fewest_flops": 2 * cp.flop_plan.cost,  # the plan of fewest flops (not always chosen)
         "predicted_s": {m: plan.seconds[m] for m in MODES},
         "measured_s": measured,
         "bracketing": cp.bracketing,

@@ -41,9 +41,11 @@ def plan(expr, wrt, data=(), consts=(), memory=None):
     """
     from .frontend import lower
     from .planner import jacobian_chain
+    from .planner.calibrate import time_model
     from .planner.extract import extract_chain
     from .planner.report import Plan
 
     prog = lower(expr, list(wrt), (), list(data) + list(consts))
     chain = extract_chain(prog)
-    return Plan.from_chain(chain, jacobian_chain([c.piece for c in chain], memory=memory))
+    return Plan.from_chain(chain, jacobian_chain([c.piece for c in chain], memory=memory,
+                                                 model=time_model(chain)))

@@ -718,12 +718,9 @@ class CompiledFunction:
 
     def _coloured_jacobian_wins(self):
         """``mode="auto"`` without data: whether coloured JVP sweeps are predicted faster
-        than the planned chain accumulation (always, for matrix parameters, which the
-        chain planner does not take)."""
+        than the planned chain accumulation."""
         from .hessian import jvp_sweep_seconds
 
-        if any(_shape(s) not in ((), (1, 1)) and 1 not in _shape(s) for s in self.wrt):
-            return True
         try:
             planned = self.plan.seconds[self.plan.auto]
         except GradcError:
@@ -990,7 +987,7 @@ class CompiledFunction:
             self._plan = Plan.from_chain(eng.chain, eng.plan)
         return self._plan
 
-    def jacobian(self, params, *args, mode="auto", sparse=False):
+    def jacobian(self, params, *args, mode="auto", sparse=False, plan=None):
         """The Jacobian of the flattened output with respect to the flattened, concatenated
         ``wrt`` (shape ``(n_out, n_in)``; with data, one per example: ``(n, n_out, n_in)``).
 
@@ -998,8 +995,17 @@ class CompiledFunction:
         ``"forward"``, ``"reverse"``, ``"optimal"`` or ``"coloured"`` (one JVP per colour
         of a column colouring of the exact pattern :meth:`jacobian_sparsity`); all give
         the same Jacobian to rounding.  ``sparse=True`` returns a
-        ``scipy.sparse.csr_matrix`` (computed by colouring).  With matrix parameters the
-        Jacobian is computed by colouring.
+        ``scipy.sparse.csr_matrix`` (computed by colouring).  Matrix parameters and
+        matrix outputs are flattened row by row (C order) and planned like vectors: a
+        classifier's softmax output with respect to its weight matrices works in every
+        mode.
+
+        ``plan`` forces a bracketing of the chain :attr:`plan` shows (as opt_einsum's
+        ``optimize=path``): text in the notation of :mod:`gradc.planner.plan`, such as
+        ``"MUL(TAN(F6, F5), ADJ(F4..F1))"``, or a :class:`gradc.planner.Step` tree;
+        ``fn.plan.price(plan)`` says what it is predicted to cost.  It is checked against
+        the chain (pieces covered once, in order; ``F3`` alone only for an explicit
+        piece) and runs with ``mode="auto"`` or ``"optimal"``.
 
         With data, the Jacobian is per example, of the per-example value (whatever
         ``reduce``), computed for the whole batch at once by compiled sweeps: ``(n, P)``
@@ -1028,14 +1034,24 @@ class CompiledFunction:
             raise GradcError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
         if sparse not in (False, True):
             raise GradcError(f"sparse must be True or False, got {sparse!r}")
+        if plan is not None:
+            if self.data or sparse or mode not in ("auto", "optimal"):
+                raise GradcError("plan= forces a bracketing of the chain of a function "
+                                 "without data, with mode='auto' or 'optimal' and sparse="
+                                 f"False; got mode={mode!r}, sparse={sparse!r}"
+                                 + (", and data" if self.data else ""))
+            forced = self.plan.price(plan).steps
         if self.data:
             return self._data_jacobian(params, args, mode, sparse)
-        if sparse or mode == "coloured" or (mode == "auto" and self._coloured_jacobian_wins()):
+        if plan is None and (sparse or mode == "coloured"
+                             or (mode == "auto" and self._coloured_jacobian_wins())):
             from .hessian import coloured_jacobian
 
             return coloured_jacobian(self, params, args, sparse)
         eng = self.engine
-        if mode == "auto":
+        if plan is not None:
+            mode = "optimal"
+        elif mode == "auto":
             mode = self.plan.auto
         p = self._params(params, "params")
         if self.scalar_params:
@@ -1044,7 +1060,7 @@ class CompiledFunction:
                   else float(np.asarray(v).reshape(-1)[0]) for s, v in zip(self.wrt, p))
         consts = self._args(args)
         with np.errstate(all="ignore"):
-            return eng.evaluate(p, consts, mode)
+            return eng.evaluate(p, consts, mode, None if plan is None else forced)
 
     def _data_jacobian(self, params, args, mode, sparse):
         """Per-example Jacobians (see :meth:`jacobian`): the per-example gradients for a

@@ -37,6 +37,7 @@ from .codegen.emit import CHUNK, HEADER, KernelSpec
 from .codegen.printer import KernelPrinter
 from .ir import Builder, Lit, Var
 from .planner import jacobian_chain
+from .planner.calibrate import time_model
 from .planner.extract import extract_chain
 
 
@@ -102,7 +103,10 @@ class JacobianEngine:
         self.prog = prog
         self.jit = jit
         self.chain = extract_chain(prog)
-        self.plan = jacobian_chain([c.piece for c in self.chain], memory=memory)
+        self.memory = memory
+        self.model = time_model(self.chain)
+        self.plan = jacobian_chain([c.piece for c in self.chain], memory=memory,
+                                   model=self.model)
         self.params = [i.var for i in prog.inputs_of("param")]
         self.consts = prog.inputs_of("const")
         self._kernels = {}
@@ -192,8 +196,10 @@ class JacobianEngine:
         return self._values_kernel
 
     # -- evaluation -----------------------------------------------------------------------
-    def evaluate(self, params, consts, mode="optimal"):
-        """The Jacobian at ``params`` (tuple, one entry per param) with ``consts``."""
+    def evaluate(self, params, consts, mode="optimal", steps=None):
+        """The Jacobian at ``params`` (tuple, one entry per param) with ``consts``, by
+        ``mode`` or, given ``steps`` (a :class:`gradc.planner.Step` tree of this chain),
+        by that plan."""
         vals = self._values()(params, *consts)
         self.env = {v.id: x for v, x in zip(self._wanted, vals)}
         for v, x in zip(self.params, params):
@@ -204,8 +210,9 @@ class JacobianEngine:
         elif mode == "reverse":
             J = self.adj(None, 1, q)
         else:
-            J = self.run(self.plan.steps)
-            if self.plan.steps.diagonal:
+            steps = self.plan.steps if steps is None else steps
+            J = self.run(steps)
+            if steps.diagonal:
                 J = np.diag(J)
         self.env = None
         return J
@@ -289,6 +296,8 @@ def _split_rows(S, inputs):
     out, k = [], 0
     for v in inputs:
         w = _size(v)
+        # a batch of sweeps is stored as kernels store any batch: (sweeps, size), a
+        # matrix's tangents flattened row by row
         out.append(np.ascontiguousarray(S[:, k:k + w] if v.shape else S[:, k]))
         k += w
     return tuple(out)

@@ -472,3 +472,124 @@ def test_memory_limit_is_inclusive():
     assert below.reverse_cost is None and below.peak_tape <= 9
     assert below.cost == _brute_force(pieces, 9) == 110  # each adjoint move tapes one piece
     assert below.bracketing == "ADJ(ADJ(F2), F1)"
+
+
+# ----------------------------------------------- the time objective and forced plans
+from gradc.planner import TimeModel, price  # noqa: E402
+
+
+def _random_model(pieces, rng):
+    q = len(pieces)
+    return TimeModel(tangent=tuple(float(rng.uniform(0, 1e-6)) * p.tangent_cost for p in pieces),
+                     adjoint=tuple(float(rng.uniform(0, 1e-6)) * p.adjoint_cost for p in pieces),
+                     fixed=tuple(float(rng.uniform(0, 1e-4)) for _ in range(q)),
+                     move=float(rng.uniform(0, 2e-5)), word=float(rng.uniform(0, 1e-9)),
+                     madd=float(rng.uniform(1e-11, 1e-9)), emadd=float(rng.uniform(1e-10, 1e-8)),
+                     base=float(rng.uniform(0, 1e-4)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_time_plan_is_never_predicted_slower_than_a_pure_mode(seed):
+    """With fixed costs per move the DP minimises seconds: the pure modes are candidates,
+    so the plan is at most as slow as either; its seconds are the sum of its moves' own
+    prices (price() of its bracketing gives the same); and the plan of fewest flops,
+    priced under the same model, is never faster."""
+    rng = np.random.default_rng(seed)
+    q = int(rng.integers(1, 7))
+    dims = [int(d) for d in rng.integers(1, 60, size=q + 1)]
+    pieces = []
+    for i in range(q):
+        kind = rng.integers(0, 3)
+        if kind == 0 and dims[i] == dims[i + 1]:
+            pieces.append(Piece(dims[i], dims[i], structure="diagonal", tape=dims[i]))
+        elif kind == 1:
+            pieces.append(Piece(dims[i], dims[i + 1], explicit=True))
+        else:
+            pieces.append(Piece(dims[i], dims[i + 1], tape=int(rng.integers(0, 50))))
+    model = _random_model(pieces, rng)
+    plan = jacobian_chain(pieces, model=model)
+    assert plan.seconds <= plan.forward_seconds * (1 + 1e-12)
+    assert plan.seconds <= plan.reverse_seconds * (1 + 1e-12)
+    assert plan.flop_plan.seconds >= plan.steps.seconds * (1 - 1e-12)
+    again = price(pieces, plan.bracketing, model=model)
+    assert again.expression() == plan.bracketing
+    assert math.isclose(again.seconds, plan.steps.seconds, rel_tol=1e-12)
+    assert again.cost == plan.cost
+    # the flops objective is the same DP with no fixed costs: same optimum as before
+    assert jacobian_chain(pieces, model=TimeModel.flops(pieces)).cost == jacobian_chain(pieces).cost
+
+
+def test_time_objective_trades_flops_for_fewer_moves():
+    """Ten tiny pieces: fewest flops would accumulate each one and multiply; with 10 us per
+    move one sweep through the whole chain is predicted faster."""
+    pieces = [Piece(3, 3)] * 10
+    flops = jacobian_chain(pieces)
+    model = TimeModel(tangent=(9e-9,) * 10, adjoint=(9e-9,) * 10, fixed=(0.0,) * 10,
+                      move=1e-5, word=0.0, madd=1e-9, emadd=1e-9)
+    timed = jacobian_chain(pieces, model=model)
+    assert timed.bracketing in ("TAN(F10..F1)", "ADJ(F10..F1)")
+    assert timed.seconds == pytest.approx(1e-5 + 3 * 10 * 9e-9)
+    assert timed.flop_plan.expression() == flops.bracketing
+
+
+@pytest.mark.parametrize("text", ["ADJ(F3, F2..F1)", "TAN(F3..F2, F1)", "MUL(F3, MUL(TAN(F2), F1))",
+                                  "ADJ(F3..F1)", "TAN(F3..F1)", "MUL(ADJ(F3, F2), F1)",
+                                  "ADJ(MUL(F3, TAN(F2)), F1)"])
+def test_bracketings_round_trip(text):
+    chain = [Piece(100, 50, explicit=True), Piece(50, 50, structure="diagonal"),
+             Piece(50, 1, explicit=True)]
+    step = price(chain, text)
+    assert step.expression() == text
+    assert (step.first, step.last) == (1, 3)
+    # a forced plan executes like the DP's: the same move tree on random matrices
+    rng = np.random.default_rng(0)
+    mats = [rng.normal(size=(p.n_out, p.n_in)) for p in chain]
+    mats[1] = np.diag(rng.normal(size=50))
+    np.testing.assert_allclose(_meaning(step, mats), mats[2] @ mats[1] @ mats[0], rtol=1e-12)
+
+
+def _meaning(step, mats):
+    """J of a step tree by the meaning of each move (explicit matrices stand in for sweeps)."""
+    def span(lo, hi):
+        out = np.eye(mats[lo - 1].shape[1])
+        for l in range(lo, hi + 1):
+            out = mats[l - 1] @ out
+        return out
+
+    kids = [_meaning(c, mats) for c in step.children]
+    if step.kind == "MUL":
+        return kids[0] @ kids[1]
+    if step.kind == "ACC":
+        return mats[step.first - 1]
+    lo, hi = step.swept
+    if step.kind == "TAN":
+        return span(lo, hi) @ (kids[0] if kids else np.eye(mats[lo - 1].shape[1]))
+    return (kids[0] if kids else np.eye(mats[hi - 1].shape[0])) @ span(lo, hi)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("ADJ(F2, F1)", "not the whole chain"),
+    ("TAN(F1..F3)", "runs upwards"),
+    ("MUL(F3, F1)", "must adjoin"),
+    ("F2", "covers F2..F2, not the whole chain"),
+    ("MUL(F3, MUL(F2, F1))", "F2 is not an explicit piece"),
+    ("TAN(F3..F2, F2)", "needs a seed ending at F1"),
+    ("ADJ(F3..F1", "ends early"),
+    ("ADJ(F3..F1))", "unexpected"),
+    ("TAN(F4)", "not a piece of this chain"),
+    ("SWEEP(F3)", "unexpected 'S'"),
+    ("", "is empty"),
+])
+def test_bad_bracketings_name_the_problem(text, match):
+    chain = [Piece(100, 50, explicit=True), Piece(50, 50, structure="diagonal"),
+             Piece(50, 1, explicit=True)]
+    with pytest.raises(GradcError, match=match):
+        price(chain, text)
+
+
+def test_forced_plan_respects_the_tape_limit():
+    chain = [Piece(4, 4, structure="diagonal", tape=40), Piece(4, 1)]
+    with pytest.raises(GradcError, match="over the limit"):
+        jacobian_chain(chain, memory=10, plan="ADJ(F2..F1)")
+    assert jacobian_chain(chain, memory=10, plan="TAN(F2..F1)").cost == 4 * (4 + 4)

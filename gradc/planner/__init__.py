@@ -6,7 +6,9 @@ Contract: exports
 * :class:`Piece` -- one elemental function ``F_i`` of a chain ``F_q o ... o F_1``;
 * :func:`jacobian_chain` -- the optimal tangent / adjoint / product bracketing for the
   Jacobian of such a chain, returned as a :class:`ChainPlan` whose ``steps`` is a tree
-  of :class:`Step` moves for a code generator to follow.
+  of :class:`Step` moves for a code generator to follow; it minimises multiply-adds, or
+  predicted seconds under a :class:`TimeModel`;
+* :func:`price` -- a given bracketing (text or :class:`Step` tree) priced and checked.
 
 The package imports nothing else from gradc except (lazily) ``gradc.errors.GradcError``,
 the type of every validation error.
@@ -20,9 +22,10 @@ Examples
 'ADJ(F2..F1)'
 """
 
-from .chain import jacobian_chain
+from .chain import jacobian_chain, price
 from .matrix_chain import chain_order
 from .pieces import Piece
 from .plan import ChainPlan, Step
+from .timing import TimeModel
 
-__all__ = ["chain_order", "Piece", "jacobian_chain", "ChainPlan", "Step"]
+__all__ = ["chain_order", "Piece", "jacobian_chain", "price", "ChainPlan", "Step", "TimeModel"]

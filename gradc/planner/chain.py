@@ -14,13 +14,14 @@ code generation.  This module also re-exports :func:`chain_order` and :class:`Pi
 from __future__ import annotations
 
 from ._common import _error, check_nonneg_real
-from .dp import solve
+from .dp import _Tables, build, solve
 from .matrix_chain import chain_order
 from .pieces import Piece
 from .plan import ChainPlan, Step
+from .timing import TimeModel
 
 
-def jacobian_chain(pieces, memory=None) -> ChainPlan:
+def jacobian_chain(pieces, memory=None, model=None, plan=None) -> ChainPlan:
     """Plan the cheapest accumulation of the Jacobian of ``F_q o ... o F_1``.
 
     Parameters
@@ -32,6 +33,15 @@ def jacobian_chain(pieces, memory=None) -> ChainPlan:
         Tape memory limit in float64 words.  An adjoint move sweeping pieces ``i..k``
         is allowed only if ``e_i + ... + e_k <= memory``; moves run one after another,
         so the limit bounds each move's tape, not their sum.  ``None``: no limit.
+    model : TimeModel, optional
+        The objective: with a :class:`~gradc.planner.timing.TimeModel` the plan minimises
+        predicted seconds (fixed costs per move and memory traffic included) and the
+        result carries the predicted seconds of it, of the pure modes and of the plan
+        that minimises multiply-adds; without, it minimises multiply-adds.
+    plan : str or Step, optional
+        A forced plan instead of the optimal one: a bracketing in the notation of
+        :mod:`gradc.planner.plan` (or a :class:`Step` tree of this chain), priced and
+        checked (explicit pieces, the tape limit).
 
     Returns
     -------
@@ -86,13 +96,33 @@ def jacobian_chain(pieces, memory=None) -> ChainPlan:
                 f"{pieces[idx + 1].n_in}")
     if memory is not None:
         memory = check_nonneg_real(memory, "memory", allow_inf=True)
+    if model is not None:
+        if not isinstance(model, TimeModel):
+            raise _error(f"model = {model!r} is not a TimeModel")
+        model.check(len(pieces))
 
-    root = solve(pieces, memory)
+    if plan is None:
+        root = solve(pieces, memory, model)
+    else:
+        root = price(pieces, plan, memory, model)
     sum_t = sum(p.tangent_cost for p in pieces)
     sum_a = sum(p.adjoint_cost for p in pieces)
     tape = sum(p.tape for p in pieces)
     feasible = memory is None or tape <= memory
     peak = max((s.tape for s in root.postorder()), default=0)
+    timed = {}
+    if model is not None:
+        q = len(pieces)
+        tb = _Tables(pieces, model, None)
+        timed = dict(
+            seconds=model.base + root.seconds,
+            forward_seconds=model.base + tb.sweep(0, q - 1, pieces[0].n_in, "tangent",
+                                                  pieces[0].n_in, pieces[-1].n_out),
+            reverse_seconds=(model.base + tb.sweep(0, q - 1, pieces[-1].n_out, "adjoint",
+                                                   pieces[0].n_in, pieces[-1].n_out))
+            if feasible else None,
+            flop_plan=price(pieces, solve(pieces, memory), memory, model),
+        )
     return ChainPlan(
         pieces=pieces,
         memory=memory,
@@ -103,7 +133,40 @@ def jacobian_chain(pieces, memory=None) -> ChainPlan:
         peak_tape=peak,
         steps=root,
         bracketing=root.expression(),
+        **timed,
     )
 
 
-__all__ = ["chain_order", "Piece", "jacobian_chain", "ChainPlan", "Step"]
+def price(pieces, plan, memory=None, model=None) -> Step:
+    """The :class:`Step` tree of a given plan (a bracketing string or a Step tree of this
+    chain), with its multiply-adds and, under ``model``, its predicted seconds.
+
+    >>> from gradc.planner import Piece
+    >>> chain = [Piece(100, 50, explicit=True), Piece(50, 50, structure="diagonal"),
+    ...          Piece(50, 1, explicit=True)]
+    >>> price(chain, "TAN(F3..F2, F1)").cost       # forward from W1: 50 + 50 per column
+    10000
+    """
+    from .bracketing import parse
+
+    pieces = tuple(pieces)
+    if isinstance(plan, ChainPlan):
+        plan = plan.steps
+    text = plan.expression() if isinstance(plan, Step) else plan
+    choice = parse(text, len(pieces))
+    mem = float("inf") if memory is None else memory
+    for (i, j), (kind, k, method) in choice.items():
+        if method == "explicit" and not pieces[i].explicit:
+            raise _error(f"plan {text!r}: F{i + 1} is not an explicit piece (its Jacobian "
+                         f"is not a known matrix); write TAN(F{i + 1}) or ADJ(F{i + 1})")
+        if method == "adjoint":
+            lo, hi = (i, j) if k is None else (i, k)
+            tape = sum(p.tape for p in pieces[lo:hi + 1])
+            if tape > mem:
+                raise _error(f"plan {text!r}: the adjoint sweep through F{hi + 1}..F{lo + 1} "
+                             f"needs {tape} tape words, over the limit of {memory}")
+    tb = _Tables(pieces, TimeModel.flops(pieces) if model is None else model, memory)
+    return build(tb, lambda i, j: choice[i, j], model is not None)
+
+
+__all__ = ["chain_order", "Piece", "jacobian_chain", "price", "ChainPlan", "Step", "TimeModel"]

@@ -43,6 +43,7 @@ class ChainPiece:
     kind: str  # "explicit", "explicit_t", "diagonal", "dense"
     matrix: object = None  # the Var holding the explicit Jacobian
     blas: float = 0.0
+    words: int = 0  # words of the side values a sweep reads once, whatever the sweeps
 
 
 def _eqn_cost(e, active):
@@ -84,12 +85,6 @@ def extract_chain(prog: Program):
 
     (out,) = prog.outputs
     params = [i.var for i in prog.inputs_of("param")]
-    for v in params + [out]:
-        if isinstance(v, Var) and v.shape and 1 not in v.shape:
-            raise GradcError(
-                f"Jacobians need vector or scalar inputs and outputs; {v.hint or v!r} is a "
-                f"{v.shape[0]}x{v.shape[1]} matrix"
-            )
     active = active_set(prog)
     if not isinstance(out, Var) or out.id not in active:
         raise GradcError("the output does not depend on wrt: its Jacobian is zero")
@@ -123,7 +118,22 @@ def extract_chain(prog: Program):
     return pieces
 
 
+def _side_words(chunk, inputs):
+    """Words of the values the piece reads that neither it nor the cut before makes."""
+    made = {e.out.id for e in chunk} | {v.id for v in inputs}
+    side = {a.id: _size(a) for e in chunk for a in e.inputs
+            if isinstance(a, Var) and a.id not in made}
+    return sum(side.values())
+
+
 def _classify(index, chunk, inputs, output, active):
+    import dataclasses
+
+    piece = _classify_piece(index, chunk, inputs, output, active)
+    return dataclasses.replace(piece, words=_side_words(chunk, inputs))
+
+
+def _classify_piece(index, chunk, inputs, output, active):
     n_in = sum(_size(v) for v in inputs)
     n_out = _size(output)
     costs = [_eqn_cost(e, active) for e in chunk]
@@ -143,7 +153,9 @@ def _classify(index, chunk, inputs, output, active):
                 p = Piece(n_in, n_out, b.shape[0] * b.shape[1], b.shape[0] * b.shape[1], 0,
                           "dense", True)
                 return ChainPiece(index, chunk, inputs, output, p, "explicit_t", b, 1.0)
-        if (registry[e.prim].elementwise or e.prim == "transpose") and len(act) == 1 \
+        # a transpose is the identity on the flattened values only for a vector
+        vector_t = e.prim == "transpose" and 1 in (e.out.shape or (1,))
+        if (registry[e.prim].elementwise or vector_t) and len(act) == 1 \
                 and n_in == n_out and len(inputs) == 1:
             p = Piece(n_in, n_out, n_out, n_out, tape, "diagonal")
             return ChainPiece(index, chunk, inputs, output, p, "diagonal", None, 0.0)

@@ -92,6 +92,10 @@ class Step:
         Tape words this move needs: ``sum(e_l)`` over ``swept`` for adjoint moves,
         else 0.  Moves run one after the other, so a plan's peak tape is the maximum.
     children : tuple of Step
+    seconds : float or None
+        Predicted seconds of this step and its descendants under the
+        :class:`~gradc.planner.timing.TimeModel` the plan was made or priced with
+        (``None`` for a plan of multiply-adds only).
 
     Examples
     --------
@@ -114,6 +118,7 @@ class Step:
     split: int | None = None
     tape: int | float = 0
     children: tuple = field(default=())
+    seconds: float | None = None
 
     def postorder(self):
         """Yield all steps of the subtree, children before parents (execution order).
@@ -218,6 +223,13 @@ class ChainPlan:
         Root of the move tree (see :class:`Step`).
     bracketing : str
         The plan in the notation of :mod:`gradc.planner.plan`.
+    seconds, forward_seconds, reverse_seconds : float or None
+        Predicted seconds of the plan and of the pure modes (``reverse_seconds`` is
+        ``None`` when infeasible), when planned with a
+        :class:`~gradc.planner.timing.TimeModel`; else ``None``.
+    flop_plan : Step or None
+        With a time model: the plan of fewest multiply-adds, priced under the model
+        (``flop_plan.seconds``), to show where flops and time disagree.
 
     Examples
     --------
@@ -236,6 +248,10 @@ class ChainPlan:
     peak_tape: int | float
     steps: Step
     bracketing: str
+    seconds: float | None = None
+    forward_seconds: float | None = None
+    reverse_seconds: float | None = None
+    flop_plan: Step | None = None
 
     @property
     def best_pure_cost(self):

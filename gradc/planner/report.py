@@ -2,19 +2,21 @@
 
 Contract
 --------
-:class:`Plan` wraps the chain extracted from a program and its optimal
-:class:`~gradc.planner.ChainPlan`, adds the calibrated predicted times
-(:mod:`gradc.planner.calibrate`) and the memory of each mode, and prints a table:
-forward, reverse and optimal cost in flops (2 per multiply-add), peak memory, predicted
-time, the chosen bracketing and the predicted speed-up.  ``Plan.auto`` is the mode with
-the smallest predicted time.  A scalar output plans pure reverse mode (one adjoint sweep).
+:class:`Plan` wraps the chain extracted from a program and its
+:class:`~gradc.planner.ChainPlan`, planned to minimise the time predicted by the
+calibrated :class:`~gradc.planner.timing.TimeModel` (:func:`gradc.planner.calibrate.time_model`),
+and prints a table: forward, reverse and optimal cost in flops (2 per multiply-add), peak
+memory, predicted time, the chosen bracketing, the predicted speed-up, and the plan of
+fewest flops where it differs from the fastest.  Since the pure modes are candidate
+plans, the optimal plan is never predicted slower than either.  ``Plan.auto`` is the mode
+with the smallest predicted time (ties go to the simpler pure mode).  A scalar output plans
+pure reverse mode (one adjoint sweep).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .calibrate import predict_seconds, pure_seconds, rates
 from .plan import ChainPlan
 
 
@@ -44,18 +46,28 @@ class Plan:
     @classmethod
     def from_chain(cls, chain, chain_plan):
         """The plan of ``chain`` (from :func:`~gradc.planner.extract.extract_chain`) with its
-        optimal ``chain_plan``, timed with the calibrated :func:`rates`."""
-        rate = rates()
+        ``chain_plan``, planned with a :class:`~gradc.planner.timing.TimeModel`."""
+        if chain_plan.seconds is None:
+            raise ValueError("Plan.from_chain needs a chain plan made with a time model")
         seconds = {
-            "forward": pure_seconds(chain, "forward", rate),
-            "reverse": pure_seconds(chain, "reverse", rate),
-            "optimal": predict_seconds(chain_plan.steps, chain, rate),
+            "forward": chain_plan.forward_seconds,
+            "reverse": (float("inf") if chain_plan.reverse_seconds is None
+                        else chain_plan.reverse_seconds),
+            "optimal": chain_plan.seconds,
         }
-        if chain_plan.reverse_cost is None:
-            seconds["reverse"] = float("inf")
         memory = {"forward": 0, "reverse": chain_plan.reverse_tape,
                   "optimal": chain_plan.peak_tape}
         return cls(tuple(chain), chain_plan, seconds, memory)
+
+    def price(self, plan) -> ChainPlan:
+        """A given plan of this chain (a bracketing such as ``"ADJ(F3, F2..F1)"`` or a
+        :class:`~gradc.planner.Step` tree), checked and priced: its ``cost`` in
+        multiply-adds and ``seconds`` predicted on this machine."""
+        from .calibrate import time_model
+        from .chain import jacobian_chain
+
+        cp = self.chain_plan
+        return jacobian_chain(cp.pieces, cp.memory, time_model(self.chain), plan=plan)
 
     @property
     def auto(self) -> str:
@@ -89,6 +101,12 @@ class Plan:
             lines.append(f"  {mode:<10}{_fmt_flops(cost):>16}{self.memory[mode]:>16,}"
                          f"{us:>14,.1f}")
         lines.append(f"  bracketing: {cp.bracketing}")
+        fp = cp.flop_plan
+        if fp is not None and fp.expression() != cp.bracketing:
+            base = cp.seconds - cp.steps.seconds
+            lines.append(f"  fewest flops: {fp.expression()} ({_fmt_flops(fp.cost)} flops, "
+                         f"predicted {(base + fp.seconds) * 1e6:,.1f} us): slower, "
+                         "so not chosen")
         lines.append(f"  predicted speed-up over the best pure mode: {self.speedup:.2f}x "
                      f"(flops: {cp.speedup:.2f}x); auto picks {self.auto}")
         return "\n".join(lines)
