@@ -30,6 +30,7 @@ import sympy as sp
 from . import __version__, backend
 from .ad import jvp_program, vjp_program
 from .codegen import runtime as _runtime
+from .codegen import arrays
 from .codegen.emit import KernelSpec, generate
 from .errors import GradcError, short
 from .frontend import check_roles, is_scalar_model, lower, postorder, structural_key
@@ -92,7 +93,7 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
     wrt, data, consts = check_roles(expr, wrt, data, consts)
     key = backend.make_key(
         structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
-        repr(reduce), repr(bool(parallel)),
+        repr(reduce), repr(bool(parallel)), f"block {arrays.BLOCK_WORDS}",
     )
     hit = backend.lookup(key) if jit else None
     prog = None

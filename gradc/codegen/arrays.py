@@ -22,6 +22,13 @@ v`` in seconds).  Matrix products go to
 BLAS through ``np.dot`` with transposes folded into the call (``np.dot(X, W.T)`` for a
 batch of ``W x``; ``np.dot(G.T, X)`` for the gradient of ``W``, summed over the batch by
 the product itself).  Reductions call :mod:`gradc.codegen.runtime`.
+
+When no output is per example, the equations are split into phases (:func:`batch_phases`)
+and the per-example phase runs as the body of a loop over blocks of rows
+(:func:`block_rows`): inside it ``n`` is the block's row count and every batched input a
+view of the block's rows, so the code of each primitive is the same as for a whole batch;
+each sum over the batch is added to an accumulator, named as the sum after the loop.
+A batch is then read from memory once, and per-example arrays hold one block.
 """
 
 from __future__ import annotations
@@ -129,12 +136,77 @@ def _axes(rank):
 
 
 def peak_words(arrays, n):
-    """Peak float64 words live at once, for batch size n, from :meth:`ArrayKernel.live_arrays`."""
+    """Peak float64 words live at once, for batch size n, from :meth:`ArrayKernel.live_arrays`:
+    tuples ``(words per example, fixed words, first stage, last stage[, rows])``, where
+    ``rows`` caps the examples an array holds (the rows of a block, :func:`batch_phases`)."""
     if not arrays:
         return 0
     last = max(a[3] for a in arrays)
-    return max(sum(per * n + fixed for per, fixed, lo, hi in arrays if lo <= k <= hi)
-               for k in range(last + 1))
+
+    def words(a):
+        rows = min(n, a[4]) if len(a) > 4 else n
+        return a[0] * rows + a[1]
+
+    return max(sum(words(a) for a in arrays if a[2] <= k <= a[3]) for k in range(last + 1))
+
+
+#: Words (float64) of per-example values one block of rows keeps (:func:`block_rows`):
+#: 512 KiB, about half of a core's L2 cache on the machines gradc is measured on.
+BLOCK_WORDS = 1 << 16
+
+
+def block_rows(per, fixed):
+    """The rows of one block of the batch phase: as many as keep its per-example values
+    (``per`` words an example: its data and the intermediates the phase stores) within
+    :data:`BLOCK_WORDS`, so that a row is still in cache when the phase's later products
+    read it again; but at least 4x the batch-invariant words the phase reads (``fixed``:
+    the weights each block reads again), so that re-reading them stays a small part of a
+    block's traffic; at least 64 and a multiple of 16."""
+    rows = max(BLOCK_WORDS // max(per, 1), -(-4 * fixed // max(per, 1)), 64)
+    return -(-rows // 16) * 16
+
+
+def per_example_free(outputs):
+    """Whether no kernel output is per example (only then may the batch run in blocks)."""
+    return not any(isinstance(a, Var) and a.batched for a in outputs)
+
+
+#: Primitives whose batched input and batch-invariant result make them sums over the batch.
+_BATCH_SUMS = frozenset({"batch_sum", "matmul", "loop"})
+
+
+def batch_phases(eqns):
+    """Split a kernel's equations (in program order) into three phases, or None.
+
+    ``pre``: the batch-invariant equations that read no per-example value; ``mid``: every
+    per-example equation, with the sums over the batch of per-example values; ``post``:
+    the batch-invariant equations after those sums.  The split exists when no equation of
+    ``mid`` reads a value of ``post`` or a sum over the batch (the batch is then a set of
+    independent rows, ``mid`` can run on blocks of rows with each sum accumulated over
+    the blocks: one pass over the data while a block's rows are in cache) and ``mid``
+    has a sum.  Each phase keeps program order, so ``pre + mid + post`` is topological."""
+    pre, mid, post = [], [], []
+    where = {}
+    for e in eqns:
+        src = {where.get(a.id) for a in e.inputs if isinstance(a, Var)}
+        if e.out.batched:
+            if "post" in src or "sum" in src:
+                return None
+            mid.append(e)
+            where[e.out.id] = "mid"
+        elif "mid" in src:
+            if e.prim not in _BATCH_SUMS or "post" in src or "sum" in src:
+                return None
+            mid.append(e)
+            where[e.out.id] = "sum"
+        elif "post" in src or "sum" in src:
+            post.append(e)
+            where[e.out.id] = "post"
+        else:
+            pre.append(e)
+    if not any(where.get(e.out.id) == "sum" for e in mid):
+        return None
+    return pre, mid, post
 
 
 # structural primitives whose array results are fresh allocations (not views of inputs)
@@ -153,7 +225,13 @@ class ArrayKernel(KernelWriter):
         lines = self.header() + [ind + s for s in self.prologue()]
         self.extents = {}  # constant loop extents, read through _rt.opaque (see extent())
         top = len(lines)
-        stages = self.stages(eqns)
+        phases = None if self.parallel or not per_example_free(outputs) else batch_phases(eqns)
+        if phases is None:
+            stages, span = self.stages(eqns), None
+        else:
+            pre, mid, post = (self.stages(p) for p in phases)
+            stages, span = pre + mid + post, (len(pre), len(pre) + len(mid))
+        self.row_offset = ""  # added to a block's row number in error messages
         self.stored = set()
         self.owned = set()  # arrays this kernel allocated and may overwrite once dead
         self.reused = {}  # out id -> the id of the dead array whose buffer it took
@@ -161,22 +239,76 @@ class ArrayKernel(KernelWriter):
         self.sum_stage = {}
         self.checked_keys = set()  # (data index, range) checks a loop nest already made
         self.last_stage = self.last_uses(stages)
+        self.block = None
         for k, stage in enumerate(stages):
+            if span and k == span[0]:
+                start, renamed = len(lines), self.enter_blocks()
+            pad = ind * 2 if span and span[0] <= k < span[1] else ind
             if _fusable(stage[0]):
-                lines += [ind + s for s in self.fused(stage, eqns, k, stages)]
+                lines += [pad + s for s in self.fused(stage, eqns, k, stages)]
             else:
                 (e,) = stage
-                if e.out.id in self.sums_done:
-                    continue
-                lines += [ind + s for s in registry[e.prim].emit_array(e, self)]
-                if e.prim not in ("transpose",):
-                    self.stored.add(e.out.id)
-                if e.prim in _FRESH and (e.out.shape or e.out.batched):
-                    self.owned.add(e.out.id)
+                if e.out.id not in self.sums_done:  # (else accumulated in an earlier loop)
+                    lines += [pad + s for s in registry[e.prim].emit_array(e, self)]
+                    if e.prim not in ("transpose",):
+                        self.stored.add(e.out.id)
+                    if e.prim in _FRESH and (e.out.shape or e.out.batched):
+                        self.owned.add(e.out.id)
+            if span and k == span[1] - 1:
+                head, tail = self.leave_blocks(phases[1], renamed)
+                lines[start:start] = [ind + s for s in head]
+                lines += [ind + s for s in tail]
         lines.append(ind + "return " + self.returned(groups))
         lines[top:top] = [f"{ind}{v} = _rt.opaque({k})" for k, v in sorted(self.extents.items())]
-        self.memory = self.live_arrays(stages)
+        self.memory = self.live_arrays(stages, span)
         return "\n".join(lines)
+
+    # -- the batch in blocks of rows ------------------------------------------------------
+    def enter_blocks(self):
+        """Start writing the batch phase (:func:`batch_phases`) as the body of a loop over
+        blocks of rows: a batched input is read through a view of the block's rows, so
+        the phase's code (written for a batch of ``n`` rows) runs on ``n`` = the rows of
+        one block.  Returns {input var id: its name} to restore."""
+        renamed = {}
+        taken = set(self.name.names.values())
+        for inp in self.prog.inputs:
+            if inp.var.batched:
+                name = self.name(inp.var)
+                blk, k = name + "_blk", 1
+                while blk in taken:
+                    blk, k = f"{name}_blk{k}", k + 1
+                taken.add(blk)
+                renamed[inp.var.id] = name
+                self.name.names[inp.var.id] = blk
+        self.row_offset = " + row0"
+        return renamed
+
+    def leave_blocks(self, mid, renamed):
+        """(lines before the phase, lines after it): the accumulators of the phase's
+        batch sums, the loop over blocks and the block views; after the phase each sum
+        added to its accumulator, and after the loop the accumulators named as the sums.
+        The block's rows: :func:`block_rows` of the words the phase keeps per example."""
+        sums = [e for e in mid if not e.out.batched]
+        per = sum(size_of(i.var.shape) or 1 for i in self.prog.inputs if i.var.batched)
+        per += sum(size_of(e.out.shape) or 1 for e in mid
+                   if e.out.batched and e.out.id in self.stored)
+        mids = {e.out.id for e in mid}
+        fixed = sum(size_of(a.shape) for a in {a.id: a for e in mid for a in e.inputs
+                                                 if isinstance(a, Var) and not a.batched
+                                                 and a.id not in mids}.values())
+        self.block = rows = block_rows(per, fixed)
+        head = ["n_all = n"]
+        head += [f"blk_sum{e.out.id} = " + (f"np.zeros({e.out.shape})" if e.out.shape else "0.0")
+                 for e in sums]
+        head += [f"for row0 in range(0, n_all, {rows}):",
+                 f"    n = min({rows}, n_all - row0)"]
+        head += [f"    {self.name.names[i]} = {name}[row0:row0 + n]"
+                 for i, name in renamed.items()]
+        tail = [f"    blk_sum{e.out.id} += {self.name(e.out)}" for e in sums]
+        self.name.names.update(renamed)
+        self.row_offset = ""
+        tail += ["n = n_all"] + [f"{self.name(e.out)} = blk_sum{e.out.id}" for e in sums]
+        return head, tail
 
     def extent(self, k):
         """The text of the constant trip count ``k`` of a loop that runs once per call
@@ -208,9 +340,10 @@ class ArrayKernel(KernelWriter):
         self.alias_root = root
         return last
 
-    def live_arrays(self, stages):
-        """(words per example, fixed words, first stage, last stage) of every array the
-        kernel allocates: the input of :func:`peak_words`.  An array written over a dead
+    def live_arrays(self, stages, span=None):
+        """(words per example, fixed words, first stage, last stage[, rows]) of every array
+        the kernel allocates: the input of :func:`peak_words`; ``rows`` for the arrays of
+        a batch phase run in blocks (``span``, its stages).  An array written over a dead
         one (see :meth:`donor`) extends that one's lifetime instead of adding its own."""
         where = {}
         for k, stage in enumerate(stages):
@@ -228,6 +361,10 @@ class ArrayKernel(KernelWriter):
         for i in self.out_ids:
             if i in where:
                 where[i][3] = len(stages)
+        if span:
+            for v in where.values():
+                if v[0] and span[0] <= v[2] < span[1]:
+                    v.append(self.block)
         return tuple(tuple(v) for v in where.values())
 
     # -- grouping -------------------------------------------------------------------------

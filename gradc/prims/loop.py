@@ -565,7 +565,7 @@ class LoopWriter:
                 if batched:
                     before += [f"bad = _rt.first_bad_index({arr}, {lo}, {hi})",
                                "if bad >= 0:",
-                               f"    raise _rt.DataIndexError({head + '['!r} + str(bad) + "
+                               f"    raise _rt.DataIndexError({head + '['!r} + str(bad{getattr(ctx, 'row_offset', '')}) + "
                                f"'] = ' + _rt.index_text({arr}[bad]) + {tail!r})"]
                 else:
                     before += [f"if not _rt.valid_index({arr}, {lo}, {hi}):",
