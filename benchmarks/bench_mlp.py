@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_mlp.py              # both workloads, both heap states
     python benchmarks/bench_mlp.py --quick      # fewer rounds
     python benchmarks/bench_mlp.py --no-jax     # skip the optional JAX row
-    python benchmarks/bench_mlp.py --only a     # one workload (a or b)
+    python benchmarks/bench_mlp.py --only a     # one workload (a, b, r1k, r10k, r100k)
     python benchmarks/bench_mlp.py --rounds 300 # more round-robin samples (default 150)
     python benchmarks/bench_mlp.py --heap reuse # one heap state (reuse, fresh, or default:
                                                 # this process as it is, no malloc settings)
@@ -18,6 +18,10 @@ Workloads (value and gradient of the mean softmax cross-entropy over the batch, 
                  set (8x8 pixels scaled to [0, 1], labels 0..9)
     (b) mnist    784-256-256-10, relu hidden layers, batch 256 of seeded normal data,
                  random labels 0..9
+    (r1k, r10k, r100k) ridge regression, mean (w.x - y)^2 + 0.1 |w|^2, d = 200, with
+                 n = 1,000 / 10,000 / 100,000 seeded normal examples; peers: numpy and
+                 numba with np.dot (two passes over X), a numba loop reading X once
+                 (fastmath), JAX; target at most 0.6x JAX (issue 14)
 
 Each is written once in sympy with :mod:`gradc.nn`::
 
