@@ -151,7 +151,8 @@ def peak_words(arrays, n):
 
 
 #: Words (float64) of per-example values one block of rows keeps (:func:`block_rows`):
-#: 512 KiB, about half of a core's L2 cache on the machines gradc is measured on.
+#: 512 KiB, a quarter to a half of a core's L2 cache (1-2 MiB) on the machines measured
+#: here; 2^14 to 2^17 words ran alike on ridge and the digits MLP (docs/performance.md).
 BLOCK_WORDS = 1 << 16
 
 
