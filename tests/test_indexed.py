@@ -573,8 +573,12 @@ def test_fused_parameter_loops_read_transposes_out_of_place():
                      (k, 0, 5), (j, 0, 5)) ** 2,
               sp.Sum(sp.exp(Q[j, k]) * x[j] + sp.exp(Q[k, j]) * sp.tanh(Q[j, k]) * x[k],
                      (k, 0, 5), (j, 0, 5)) ** 2]
-    P = [RNG.normal(size=(6, 6)) * 0.5]
-    X = RNG.normal(size=(7, 6))
+    # its own seed: drawn from the module's RNG, the point depended on how many draws the
+    # tests before it made, and at some points the central difference along a direction
+    # that nearly cancels misses rtol 1e-6 by rounding (the sympy oracle agrees to 1e-10)
+    rng = np.random.default_rng(563)
+    P = [rng.normal(size=(6, 6)) * 0.5]
+    X = rng.normal(size=(7, 6))
     for loss in losses:
         for jit in (False, True):
             fn = gradc.compile(loss, wrt=[Q], data=[x], jit=jit)
