@@ -292,6 +292,9 @@ class Lowerer:
             u = _softplus_arg(node)
             if u is not None:  # log(1 + exp(u)): lowered as Softplus(u), see _lower_log
                 return [] if u.is_Number else [u]
+            lse = self.logsumexp_form(node)
+            if lse is not None:  # log(Sum(exp(g))): lowered as logsumexp, see _lower_log
+                return [lse]
             out = []
             _collect_operands(node, out)
             return out
@@ -366,10 +369,24 @@ class Lowerer:
         body = _replace_operands(node, slots)
         return prims.elementwise(self.b, body, [self.memo[op] for op in operands])
 
+    def logsumexp_form(self, node):
+        """:func:`_logsumexp_form` of ``node``, the same object every time it is asked."""
+        if not isinstance(node, sp.log) or not isinstance(node.args[0], sp.Sum):
+            return None
+        forms = self.__dict__.setdefault("_lse_forms", {})
+        if node not in forms:
+            forms[node] = _logsumexp_form(node)
+        return forms[node]
+
     def _lower_log(self, node):
         """``log(1 + exp(u))`` is computed as ``Softplus(u)``: no overflow of ``exp(u)`` for
         large ``u`` (and a finite derivative, the logistic, where ``exp(u)/(1 + exp(u))``
-        would be inf/inf); any other ``log`` as a function application."""
+        would be inf/inf); ``log(Sum(exp(g), ...))`` over integer ranges as ``logsumexp``
+        of the terms (the maximum shifted out); any other ``log`` as a function
+        application."""
+        lse = self.logsumexp_form(node)
+        if lse is not None:
+            return self.memo[lse]
         u = _softplus_arg(node)
         if u is None:
             return self._lower_Application(node)
@@ -594,6 +611,58 @@ def _softplus_arg(node):
         return None
     (other,) = [t for t in terms if t != sp.S.One]
     return other.args[0] if isinstance(other, sp.exp) else None
+
+
+def with_softplus(expr):
+    """``expr`` with every ``log(1 + exp(u))`` replaced by ``Softplus(u)`` (inside ``Sum``
+    bodies too, where the lowering builds sympy bodies instead of calling
+    :meth:`Lowerer._lower_log`).  Iterative: deep expressions are fine."""
+    if not expr.has(sp.log):
+        return expr
+    from .nn import Softplus
+
+    new = {}
+    for n in postorder(expr):
+        if not n.args:
+            continue
+        args = [new.get(a, a) for a in n.args]
+        m = n.func(*args) if any(a is not b for a, b in zip(args, n.args)) else n
+        u = _softplus_arg(m)
+        if u is not None and not u.is_Number:
+            m = Softplus(u)
+        if m is not n:
+            new[n] = m
+    return new.get(expr, expr)
+
+
+def _logsumexp_form(node):
+    """``nn.logsumexp`` of a ``FunctionMatrix`` when ``node`` is ``log(Sum(exp(g), ...))``
+    over one or two indices with integer bounds (the maximum shifted out: no overflow of
+    ``exp(g)``), else None."""
+    if not isinstance(node, sp.log) or not isinstance(node.args[0], sp.Sum):
+        return None
+    s = node.args[0]
+    if not isinstance(s.function, sp.exp) or len(s.limits) > 2:
+        return None
+    lims = []
+    for lim in s.limits:
+        if len(lim) != 3 or not (lim[1].is_Integer and lim[2].is_Integer) or lim[2] < lim[1]:
+            return None
+        lims.append(lim)
+    from sympy.matrices.expressions.funcmatrix import FunctionMatrix
+
+    from .nn import LogSumExp
+
+    g = s.function.args[0]
+    rows, cols = sp.Dummy("r", integer=True), sp.Dummy("c", integer=True)
+    if len(lims) == 1:
+        (k, lo, hi), = lims
+        shape, body = (1, int(hi - lo) + 1), g.xreplace({k: cols + lo})
+    else:  # sympy's order: the first limit is the inner sum
+        (k, lo, hi), (j, lo2, hi2) = lims
+        shape = (int(hi2 - lo2) + 1, int(hi - lo) + 1)
+        body = g.xreplace({j: rows + lo2, k: cols + lo})
+    return LogSumExp(FunctionMatrix(*shape, sp.Lambda((rows, cols), body)))
 
 
 def _collect_operands(node, out):

@@ -298,8 +298,9 @@ class IndexLowerer:
     def body(self, expr, dims):
         """``(body, inputs, reads)``: ``expr`` at a point of the nest ``dims`` as a scalar
         sympy body of placeholders (input k read at ``reads[k]``) and loop indices."""
-        from .frontend import postorder
+        from .frontend import postorder, with_softplus
 
+        expr = with_softplus(expr)  # log(1 + exp(u)) as Softplus(u), as outside a Sum
         syms = {s for s, _, _ in dims}
         order = postorder(expr)
         bound_below = set()

@@ -24,8 +24,9 @@ vectorises across examples:
   chunk whatever T is, with no code per term;
 * inside a stage, consecutive elementwise equations are fused into one loop where every
   value is a local; a value used by a later loop is stored in the chunk scratch ``S``;
-* ``exp``, ``log``, ``tanh``, ``sigmoid`` (and ``expm1``, ``log1p``) are called out of
-  line on the whole run of the chunk (``_vm.tanh_v``), compiled once for every kernel:
+* ``exp``, ``log``, ``tanh``, ``sigmoid`` (and ``expm1``, ``log1p``, ``loggamma``,
+  ``digamma``) are called out of line on the whole run of the chunk (``_vm.tanh_v``,
+  ``_rt.lgamma_v``), compiled once for every kernel:
   a kernel's compile time does not grow with the number of such calls, and its loops
   stay small (:func:`isolate_calls` gives each call its own equation first);
 * a sum over the vector (B1 -> B0) accumulates in a scratch row across the ``t`` loop;
@@ -64,26 +65,49 @@ MAX_STREAMS = 16
 #: two up to :data:`CHUNK` whose scratch fits (never below 16).
 SCRATCH_WORDS = 32768
 
-#: sympy function classes computed by gradc's vectorised maths, called out of line.
-OUT_OF_LINE = {"exp": "exp", "log": "log", "tanh": "tanh", "Logistic": "sigmoid",
-               "expm1": "expm1", "log1p": "log1p"}
+#: sympy function classes computed out of line by gradc's vectorised maths: the prefix of
+#: the scalar (``<prefix>_s``) and run (``<prefix>_v``) forms.  ``polygamma(0, x)`` (the
+#: digamma function, what sympy's derivative of ``loggamma`` gives) counts as ``digamma``.
+OUT_OF_LINE = {"exp": "_vm.exp", "log": "_vm.log", "tanh": "_vm.tanh",
+               "Logistic": "_vm.sigmoid", "expm1": "_vm.expm1", "log1p": "_vm.log1p",
+               "loggamma": "_rt.lgamma", "digamma": "_rt.digamma"}
 
 
 # --------------------------------------------------------------------------------------
 # Program normalisation: one out-of-line call per equation
 
 
+def _call_of(node):
+    """``(prefix, position)`` if ``node`` is an out-of-line call (the position of its
+    argument among ``node.args``), else None."""
+    if not isinstance(node, sp.Function):
+        return None
+    cls = type(node).__name__
+    if cls == "polygamma":
+        return (OUT_OF_LINE["digamma"], 1) if node.args[0] == 0 else None
+    name = OUT_OF_LINE.get(cls)
+    return (name, 0) if name and len(node.args) == 1 else None
+
+
 def _call_name(body):
-    """The vmath name if ``body`` is exactly ``f(_a0)`` for an out-of-line ``f``."""
-    name = OUT_OF_LINE.get(type(body).__name__)
-    if name and len(body.args) == 1 and body.args[0] == placeholder(0):
-        return name
+    """The out-of-line prefix if ``body`` is exactly ``f(_a0)`` for an out-of-line ``f``."""
+    call = _call_of(body)
+    if call and body.args[call[1]] == placeholder(0):
+        return call[0]
     return None
 
 
 def _calls_in(body):
-    return [n for n in sp.preorder_traversal(body)
-            if isinstance(n, sp.Function) and type(n).__name__ in OUT_OF_LINE]
+    return [n for n in sp.preorder_traversal(body) if _call_of(n)]
+
+
+def _argument(call):
+    return call.args[_call_of(call)[1]]
+
+
+def _with_argument(call, arg):
+    pos = _call_of(call)[1]
+    return call.func(*(arg if i == pos else a for i, a in enumerate(call.args)))
 
 
 def isolate_calls(prog: Program) -> Program:
@@ -109,12 +133,12 @@ def isolate_calls(prog: Program) -> Program:
         else:
             body, inputs = e.params, list(inputs)
             while True:
-                inner = [c for c in _calls_in(body) if not _calls_in(c.args[0])]
+                inner = [c for c in _calls_in(body) if not _calls_in(_argument(c))]
                 if not inner:
                     break
                 c = inner[0]
-                arg = emit_elementwise(b, c.args[0], inputs)
-                val = emit_elementwise(b, type(c)(placeholder(0)), [arg])
+                arg = emit_elementwise(b, _argument(c), inputs)
+                val = emit_elementwise(b, _with_argument(c, placeholder(0)), [arg])
                 inputs.append(val)
                 body = body.xreplace({c: placeholder(len(inputs) - 1)})
             out = emit_elementwise(b, body, inputs)
@@ -134,13 +158,13 @@ class ChunkPrinter(KernelPrinter):
     scalar maths (``_vm.tanh_s``); loops never see those calls (:func:`isolate_calls`)."""
 
     def _print_Function(self, expr):
-        name = OUT_OF_LINE.get(type(expr).__name__)
-        if name is not None:
-            return f"_vm.{name}_s({', '.join(self._print(a) for a in expr.args)})"
+        call = _call_of(expr)
+        if call is not None:
+            return f"{call[0]}_s({self._print(_argument(expr))})"
         return super()._print_Function(expr)
 
 
-for _name in OUT_OF_LINE:
+for _name in list(OUT_OF_LINE) + ["polygamma"]:
     setattr(ChunkPrinter, f"_print_{_name}", ChunkPrinter._print_Function)
 
 
@@ -301,9 +325,9 @@ class ChunkKernel(KernelWriter):
             (a,) = e.inputs
             f = _call_name(e.params)
             if not e.out.shape:
-                return [f"{out} = _vm.{f}_s({ins[0]})"]
+                return [f"{out} = {f}_s({ins[0]})"]
             T = e.out.shape[0]
-            return [f"{out} = _rt.empty({T})", f"_vm.{f}_v({ins[0]}, 0, {out}, 0, {T})"]
+            return [f"{out} = _rt.empty({T})", f"{f}_v({ins[0]}, 0, {out}, 0, {T})"]
         if registry[e.prim].elementwise:
             return [self.eqn_line(e)]
         raise GradcError(f"internal: primitive {e.prim} in a chunked kernel")
@@ -762,7 +786,7 @@ class ChunkKernel(KernelWriter):
             src = f"S, {self._at(a)}"
         else:
             raise GradcError("internal: a batch-invariant call in the loop")
-        lines = [f"_vm.{f}_v({src}, S, {self._at(out)}, m)"]
+        lines = [f"{f}_v({src}, S, {self._at(out)}, m)"]
         writes = self.output_writes([e], {e.out.id}, from_slot=True)
         if writes:
             lines += ["for j in range(m):"] + ["    " + w for w in writes]

@@ -139,14 +139,14 @@ opaque = _jit(opaque)
 
 # ---------------------------------------------------------------------------------------
 # Special functions for likelihoods: the derivatives of gamma, loggamma and beta are
-# polygammas.  Recurrence up to x >= 10 (+ n), then the asymptotic series; float64
+# polygammas.  loggamma and digamma (x > 0) are gradc's branch-free vmath functions (a few
+# ulp; their run forms ``lgamma_v``/``digamma_v`` vectorise in chunked kernels); the
+# higher polygammas use the recurrence up to x >= 10 (+ n), then the asymptotic series,
 # accurate to a few ulp for x > 0 (tests/test_special.py, against scipy.special).  Poles
 # follow scipy: digamma(0) = -inf and NaN at negative integers; polygamma(n, 0) = inf for
 # odd n, -inf for even n, and the same at negative integers; polygamma(n >= 1, x) is NaN
 # below x = -1e6 (digamma uses the reflection formula there).
 
-#: B_2k / (2k) for the digamma series, k = 1..7.
-_PSI = (1.0 / 12, 1.0 / 120, 1.0 / 252, 1.0 / 240, 1.0 / 132, 691.0 / 32760, 1.0 / 12)
 #: B_2k / (2k)!, k = 1..9, for the polygamma series.
 _PSIN = (1.0 / 12, -1.0 / 720, 1.0 / 30240, -1.0 / 1209600, 1.0 / 47900160,
          -691.0 / 1307674368000, 1.0 / 74724249600, -3617.0 / 10670622842880000,
@@ -160,7 +160,10 @@ def gamma(x):
 
 
 def lgamma(x):
-    """log |Gamma(x)|, inf at the poles (as numba's ``math.lgamma``)."""
+    """log |Gamma(x)|, inf at the poles (as numba's ``math.lgamma``); gradc's branch-free
+    :func:`vmath.lgamma_pos` for 0 < x < 1e300, libm's elsewhere."""
+    if x > 0.0 and x < 1e300:
+        return vmath.lgamma_pos(x)
     return math.lgamma(x)
 
 
@@ -180,26 +183,16 @@ def _python_lgamma(x):
         return np.inf
 
 
-def _digamma_pos(x):
-    acc = 0.0
-    while x < 10.0:
-        acc -= 1.0 / x
-        x += 1.0
-    z = 1.0 / (x * x)
-    series = z * (_PSI[0] - z * (_PSI[1] - z * (_PSI[2] - z * (_PSI[3] - z * (
-        _PSI[4] - z * (_PSI[5] - z * _PSI[6]))))))
-    return acc + np.log(x) - 0.5 / x - series
-
-
 def digamma(x):
-    """The digamma function psi(x) = d/dx log Gamma(x) (reflection for x < 0)."""
+    """The digamma function psi(x) = d/dx log Gamma(x): :func:`vmath.digamma_pos` for
+    x > 0, the reflection formula for x < 0."""
     if not np.isfinite(x):
         return x if x > 0 or x != x else np.nan
     if x <= 0.0 and x == np.floor(x):
-        return -np.inf if x == 0.0 else np.nan
+        return -np.copysign(np.inf, x) if x == 0.0 else np.nan  # psi(-0.0) = inf (scipy)
     if x < 0.0:
-        return _digamma_pos(1.0 - x) - np.pi / np.tan(np.pi * (x - np.round(x)))  # (exact)
-    return _digamma_pos(x)
+        return vmath.digamma_pos(1.0 - x) - np.pi / np.tan(np.pi * (x - np.round(x)))
+    return vmath.digamma_pos(x)
 
 
 def polygamma(n, x):
@@ -282,13 +275,59 @@ def sinc(x):
     return np.sin(x) / x if x != 0.0 else 1.0
 
 
+def lgamma_v(x, xo, out, oo, m):
+    """``out[oo:oo+m] = lgamma(x[xo:xo+m])``: one vectorised loop of the branch-free
+    function, then, only if some x is outside (0, 1e300), a scalar pass over those."""
+    a = x[xo:xo + m]
+    b = out[oo:oo + m]
+    bad = 0
+    for j in range(a.shape[0]):
+        v = a[j]
+        b[j] = vmath.lgamma_pos(v)
+        bad += vmath._where((v > 0.0) & (v < 1e300), 0, 1)
+    if bad:
+        for j in range(a.shape[0]):
+            v = a[j]
+            if not (v > 0.0 and v < 1e300):
+                b[j] = math.lgamma(v)
+
+
+def digamma_v(x, xo, out, oo, m):
+    """``out[oo:oo+m] = digamma(x[xo:xo+m])``, as :func:`lgamma_v` (x outside (0, inf)
+    in a scalar pass)."""
+    a = x[xo:xo + m]
+    b = out[oo:oo + m]
+    bad = 0
+    for j in range(a.shape[0]):
+        v = a[j]
+        b[j] = vmath.digamma_pos(v)
+        bad += vmath._where((v > 0.0) & (v < np.inf), 0, 1)
+    if bad:
+        for j in range(a.shape[0]):
+            v = a[j]
+            if not (v > 0.0 and v < np.inf):
+                b[j] = digamma(v)
+
+
+def _python_run(f):
+    def run(x, xo, out, oo, m):  # out[oo:oo+m] = f(x[xo:xo+m]), one element at a time
+        for j in range(m):
+            out[oo + j] = f(float(x[xo + j]))
+    return run
+
+
 for _n in ("digamma", "polygamma", "beta", "erfinv", "sinc"):
     setattr(python, _n, globals()[_n])
 python.gamma, python.lgamma = _python_gamma, _python_lgamma
+python.lgamma_s, python.digamma_s = _python_lgamma, digamma
+python.lgamma_v, python.digamma_v = _python_run(_python_lgamma), _python_run(digamma)
+_ool = numba.njit(cache=True, error_model="numpy", nogil=True)
 gamma = _jit(gamma)
 lgamma = _jit(lgamma)
-_digamma_pos = _jit(_digamma_pos)
 digamma = _jit(digamma)
+lgamma_v = _ool(lgamma_v)
+digamma_v = _ool(digamma_v)
+lgamma_s, digamma_s = lgamma, digamma
 polygamma = _jit(polygamma)
 beta = _jit(beta)
 erfinv = _jit(erfinv)
