@@ -339,6 +339,13 @@ def main():
             "numpy (preallocated out=)": lambda: np_pre(params, X, Y),
             "numba loop (math.tanh)": lambda: numba_vg(p64, X, Y),
         }
+        # float32 (issue 14 item 5): the same model compiled with dtype="float32"
+        loss, wrt, dat = model()
+        fn32 = gradc.compile(loss, wrt=wrt, data=dat, dtype="float32")
+        p32, X32, Y32 = (np.asarray(a, dtype=np.float32) for a in (params, X, Y))
+        kvg32 = fn32.kernels.value_and_grad
+        f32_rows = {"gradc float32 kernel": lambda: kvg32(p32, X32, Y32),
+                    "gradc float32 method": lambda: fn32.value_and_grad(p32, X32, Y32)}
         jax_row = None if "--no-jax" in sys.argv else make_jax(params, X, Y)
         if jax_row is not None:
             jcall, jresult, jfirst, jver = jax_row
@@ -350,6 +357,11 @@ def main():
             got = jresult() if name.startswith("jax") else f()
             err = check_close(name, got, ref)
             print(f"  {name:32s} max rel err {err:.1e}  ok")
+        for name, f in f32_rows.items():  # float32 precision against the float64 baseline
+            v32, g32 = f()
+            assert abs(v32 - ref[0]) <= 1e-5 * abs(ref[0]), name
+            assert np.abs(np.asarray(g32) - ref[1]).max() <= 1e-4 * np.abs(ref[1]).max(), name
+            print(f"  {name:32s} within float32 precision (1e-5, 1e-4)  ok")
         vref = float(kval(p64, X, Y))
         np.testing.assert_allclose(vref, ref[0], rtol=RTOL, atol=0)
         np.testing.assert_allclose(fn.value(params, X, Y), ref[0], rtol=RTOL, atol=0)
@@ -358,6 +370,7 @@ def main():
         cases = dict(impls)
         cases["gradc kernels.value (value only)"] = lambda: kval(p64, X, Y)
         cases["gradc fn.value (value only)"] = lambda: fn.value(params, X, Y)
+        cases.update(f32_rows)
         med, inner = time_round_robin(cases, rounds)
         simd = simd_report(kvg)
         simd_val = simd_report(kval)
@@ -392,6 +405,9 @@ def main():
               f"{'MET' if jx / g_method >= 2 else 'NOT MET'}")
         print(f"  (jax {jver}; its first call, trace + XLA compile, took {jfirst:.3f} s)")
     print(f"  wrapper overhead (method - kernel)   {(g_method - g_kernel) * 1e6:5.1f} us/call")
+    r32 = med["gradc float32 kernel"] / g_kernel
+    print(f"  float32 / float64 (kernels)          {r32:5.2f}   target <= 0.6    "
+          f"{'MET' if r32 <= 0.6 else 'NOT MET'}  (issue 14 item 5)")
 
     print("\nvectorisation of gradc's kernels (packed float64 arithmetic in the machine code)")
     for label, r in (("value_and_grad", simd), ("value", simd_val)):

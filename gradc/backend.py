@@ -419,7 +419,12 @@ def load(source: str, key: str, names, jit: bool = True, parallel: bool = False,
         module.__dict__["__file__"] = f"<gradc kernels {key}>"
         code = compile(source, module.__file__, "exec")
         exec(code, module.__dict__)
-        module._rt = runtime.python
+        if (manifest or {}).get("dtype", "float64") == "float32":
+            from .codegen import runtime32
+
+            module._rt = runtime32.python
+        else:
+            module._rt = runtime.python
         module._vm = PYTHON_VMATH
         return Kernels(**{k: getattr(module, k) for k in names if hasattr(module, k)})
     cached = _loaded.get((key, parallel))

@@ -39,7 +39,7 @@ REDUCTIONS = ("mean", "sum", None)
 
 
 def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=False,  # noqa: A001
-            eager=False):
+            eager=False, dtype="float64"):
     """Compile a sympy expression into value, gradient, JVP and Jacobian kernels.
 
     Parameters
@@ -69,6 +69,12 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         default because the first call then waits for one kernel only; the kernels share
         their compiled maths and runtime helpers, so each further one takes a fraction of
         a second.
+    dtype : {"float64", "float32"}
+        The floating-point type of the kernels: parameters, data, intermediate arrays and
+        results.  With ``"float32"`` the arrays take half the memory and the products run
+        as single-precision BLAS (``sgemm``); elementwise maths is evaluated in float64
+        registers and rounded once when stored, and sums over the batch are accumulated in
+        float64, so results are float32 numbers accurate to float32 precision.
 
     Returns
     -------
@@ -90,10 +96,12 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
             expr = sp.sympify(expr)
         except (sp.SympifyError, TypeError):
             raise GradcError(f"expected a sympy expression, got {type(expr).__name__}") from None
+    dtype = _dtype_name(dtype)
     wrt, data, consts = check_roles(expr, wrt, data, consts)
     key = backend.make_key(
         structural_key(expr), *(sp.srepr(sp.Tuple(*s)) for s in (wrt, data, consts)),
         repr(reduce), repr(bool(parallel)), f"block {arrays.BLOCK_WORDS}",
+        *((f"dtype {dtype}",) if dtype != "float64" else ()),
     )
     hit = backend.lookup(key) if jit else None
     prog = None
@@ -105,11 +113,11 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         source, manifest = generate(
             kernel_specs(prog, reduce, packed), reduce, title=short(expr, 200),
             version=__version__, parallel=bool(parallel),
-            param_names=[s.name for s in wrt] if packed else None)
+            param_names=[s.name for s in wrt] if packed else None, dtype=dtype)
     kernels = backend.load(source, key, list(manifest["kernels"]), jit=jit,
                            parallel=bool(parallel), manifest=manifest)
     fn = CompiledFunction(expr, wrt, data, consts, reduce, source, kernels, jit,
-                          bool(parallel), manifest)
+                          bool(parallel), manifest, dtype=dtype)
     fn._key = key
     if prog is not None:  # kept for the Hessian machinery (pattern, plan, blocks)
         fn._second["value"] = prog
@@ -216,17 +224,48 @@ def jvp_block_spec(prog, copies):
                       "by forward mode.")
 
 
-def _rebuild(expr, wrt, data, consts, reduce, jit, parallel):
-    return compile(expr, wrt, data, consts, reduce=reduce, jit=jit, parallel=parallel)
+def _rebuild(expr, wrt, data, consts, reduce, jit, parallel, dtype="float64"):
+    return compile(expr, wrt, data, consts, reduce=reduce, jit=jit, parallel=parallel,
+                   dtype=dtype)
 
 
-def _real_array(values):
-    """``values`` as a float64 array; a TypeError for anything but real numbers (complex
-    ones included: numpy would drop their imaginary parts with only a warning)."""
+#: The kernel dtypes ``gradc.compile`` takes.
+DTYPES = ("float64", "float32")
+
+
+def _dtype_name(dtype):
+    """``"float64"`` or ``"float32"`` for a dtype given as a name, numpy type or dtype."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise GradcError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    return name
+
+
+def _real_array(values, dtype=np.float64):
+    """``values`` as an array of ``dtype``; a TypeError for anything but real numbers
+    (complex ones included: numpy would drop their imaginary parts with only a warning)."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
         raise TypeError(arr.dtype)
-    return arr.astype(np.float64, copy=False)
+    return arr.astype(dtype, copy=False)
+
+
+def _in_own_dtype(method):
+    """A method returning a matrix assembled from kernel products (a Hessian, a
+    Jacobian, dense or scipy.sparse), made to return it in the function's dtype."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        out = method(self, *args, **kwargs)
+        if self.dtype != np.float64 and getattr(out, "dtype", self.dtype) != self.dtype:
+            out = out.astype(self.dtype)
+        return out
+
+    return wrapper
 
 
 def _plain(x):
@@ -264,12 +303,16 @@ class CompiledFunction:
     output_shape : tuple
         ``()`` for a scalar output, else the matrix expression's shape.
     scalar_params : bool
-        All ``wrt`` are scalars: params and gradients are flat float64 vectors.
+        All ``wrt`` are scalars: params and gradients are flat vectors.
+    dtype : numpy.dtype
+        ``float64``, or ``float32`` for a function compiled with ``dtype="float32"``: the
+        dtype of the arrays the kernels take and return (see ``docs/conventions.md``).
     source : str
         The generated Python module.
     kernels : gradc.backend.Kernels
         The numba dispatchers, callable from ``numba.njit`` code with the arguments the
-        methods pass on (params as one float64 array when all are scalars, else a tuple):
+        methods pass on (params as one array of ``dtype`` when all are scalars, else a
+        tuple):
         ``value`` and ``jvp`` always; ``value_and_grad`` and ``grad`` for a scalar output
         (and not for per-example gradients of matrix parameters).
 
@@ -289,8 +332,9 @@ class CompiledFunction:
     """
 
     def __init__(self, expr, wrt, data, consts, reduce, source, kernels, jit, parallel=False,
-                 manifest=None):
+                 manifest=None, dtype="float64"):
         self.parallel = parallel
+        self.dtype = np.dtype(dtype)
         self.manifest = manifest or {"kernels": {}, "memory": {}}
         self.expr = expr
         self.wrt = tuple(wrt)
@@ -318,14 +362,15 @@ class CompiledFunction:
         return (
             f"CompiledFunction({short(self.expr, 60)}, wrt={names(self.wrt)}, "
             f"data={names(self.data)}, consts={names(self.consts)}, reduce={self.reduce!r}, "
-            f"jit={self.jit}" + (", parallel=True" if self.parallel else "") + ")"
+            f"jit={self.jit}" + (", parallel=True" if self.parallel else "")
+            + (f", dtype={self.dtype.name!r}" if self.dtype != np.float64 else "") + ")"
         )
 
     def __reduce__(self):
         # Pickled as the compile call: another process rebuilds from the disk cache
         # (source and machine code), without the sympy work.
         return (_rebuild, (self.expr, self.wrt, self.data, self.consts, self.reduce,
-                           self.jit, self.parallel))
+                           self.jit, self.parallel, self.dtype.name))
 
     # -- argument checking ------------------------------------------------------------------
     def _params(self, values, what):
@@ -335,7 +380,7 @@ class CompiledFunction:
             values = self._ordered(values, what)
         if self.scalar_params:
             try:
-                arr = _real_array(values)
+                arr = _real_array(values, self.dtype)
             except (TypeError, ValueError):
                 raise GradcError(f"{what} must be a sequence of real numbers in wrt order") \
                     from None
@@ -378,14 +423,14 @@ class CompiledFunction:
         """One batch-invariant value: a float for a scalar, a 2-D float64 array for a matrix.
         (Messages name ``role`` and ``sym``; they are formatted only when raising.)"""
         shape = self._shapes[sym]
-        if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.shape == shape \
+        if isinstance(value, np.ndarray) and value.dtype == self.dtype and value.shape == shape \
                 and value.flags.c_contiguous and shape != (1, 1):
             return value  # the common case, checked in a few hundred nanoseconds
         if not shape and type(value) in (float, int):
             return float(value)  # a Python number for a scalar (a const, mostly)
         what = f"{role} {sym}"  # (printing a sympy symbol takes microseconds: not above)
         try:
-            arr = _real_array(value)
+            arr = _real_array(value, self.dtype)
         except (TypeError, ValueError):
             got = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else \
                 type(value).__name__
@@ -445,7 +490,7 @@ class CompiledFunction:
                 raise GradcError(f"data {sym} has {arr.shape[0]} examples but {first} has {n}")
             if sym in self._labels:
                 self._check_labels(sym, arr)
-            out.append(np.ascontiguousarray(arr, dtype=np.float64))
+            out.append(np.ascontiguousarray(arr, dtype=self.dtype))
         if n == 0:
             raise GradcError(f"empty batch: data {first} has 0 examples")
         for sym, c in zip(self.consts, args[nd:]):
@@ -835,7 +880,8 @@ class CompiledFunction:
                 source, manifest = generate(
                     [make_spec()], self.reduce, title=short(self.expr, 200) + f" ({what}, "
                     f"{k} directions per call)", version=__version__, parallel=self.parallel,
-                    param_names=[s.name for s in self.wrt] if self.scalar_params else None)
+                    param_names=[s.name for s in self.wrt] if self.scalar_params else None,
+                    dtype=self.dtype.name)
             kernels = backend.load(source, bkey, [name], jit=self.jit,
                                    parallel=self.parallel, manifest=manifest)
             self._second[key] = getattr(kernels, name)
@@ -856,6 +902,7 @@ class CompiledFunction:
         size of the last :meth:`hessian` call, or 1,000 examples before any)."""
         return self._hessian_plan_for(self._second.get("last_n", 1000))
 
+    @_in_own_dtype
     def hessian(self, params, *args, sparse=False, method="auto"):
         """The Hessian with respect to the flattened parameters (see :meth:`pack`).
 
@@ -908,7 +955,8 @@ class CompiledFunction:
         from .codegen.arrays import peak_words
 
         table = self.manifest["memory"]
-        return {k: 8 * int(peak_words([tuple(a) for a in v], n)) for k, v in table.items()}
+        size = self.dtype.itemsize
+        return {k: size * int(peak_words([tuple(a) for a in v], n)) for k, v in table.items()}
 
     #: The kernels :meth:`warmup` compiles by default: the first-order ones.
     FIRST_ORDER = ("value", "value_and_grad", "grad", "jvp", "vjp")
@@ -988,6 +1036,7 @@ class CompiledFunction:
             self._plan = Plan.from_chain(eng.chain, eng.plan)
         return self._plan
 
+    @_in_own_dtype
     def jacobian(self, params, *args, mode="auto", sparse=False, plan=None):
         """The Jacobian of the flattened output with respect to the flattened, concatenated
         ``wrt`` (shape ``(n_out, n_in)``; with data, one per example: ``(n, n_out, n_in)``).

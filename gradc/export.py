@@ -37,6 +37,19 @@ def _helper_source(path: Path) -> str:
     return re.sub(r"\bvmath\.(\w+)\(", r"\1(", text)
 
 
+_FLOAT32 = """# float32 kernels (gradc.codegen.runtime32): the allocators give float32 arrays
+@njit(cache=True, error_model="numpy")
+def empty(shape):
+    return np.empty(shape, np.float32)
+
+
+@njit(cache=True, error_model="numpy")
+def zeros(shape):
+    return np.zeros(shape, np.float32)
+
+"""
+
+
 def export_source(fn) -> str:
     """The standalone module for ``fn`` (see the module docstring).
 
@@ -66,6 +79,7 @@ def export_source(fn) -> str:
         _helper_source(Path(vmath.__file__)),
         "# " + "-" * 86 + "\n# gradc.codegen.runtime\n",
         _helper_source(Path(runtime.__file__)),
+        _FLOAT32 if manifest.get("dtype") == "float32" else "",
         "# " + "-" * 86 + "\n# the generated kernels\n",
         body,
         "\n# the one set of numba options gradc uses for kernels\n"

@@ -92,7 +92,7 @@ def _module(fname, writer_cls, prog, outputs, doc):
     w = writer_cls(spec, KernelPrinter(), True)
     text = w.write(list(spec.outputs), False)
     head = HEADER.format(title=doc, version=__version__, args_doc="Jacobian helper kernel.",
-                         reduce=None, chunk=CHUNK)
+                         reduce=None, chunk=CHUNK, runtime="runtime", dtype="float64")
     return head + "\n\n" + text + "\n"
 
 

@@ -237,11 +237,16 @@ def test_vectorised_gamma_functions_outside_their_fast_domain(name):
 
 
 def test_vectorised_gamma_loops_are_simd():
+    import numba
+
     for f in (rt.lgamma_v, rt.digamma_v):
+        # a fresh dispatcher of the same function: numba cannot show the code of one
+        # loaded from its disk cache (another process may have compiled it first)
+        g = numba.njit(error_model="numpy")(f.py_func)
         x = np.linspace(0.1, 20, 64)
-        f(x, 0, np.empty(64), 0, 64)
-        ir = f.inspect_llvm(f.signatures[0])
-        assert re.search(r"<(2|4|8) x double>", ir), f
+        g(x, 0, np.empty(64), 0, 64)
+        ir = g.inspect_llvm(g.signatures[0])
+        assert re.search(r"<(2|4|8|16) x double>", ir), f
 
 
 def _refit(fun, a, b, deg, nodes=96):

@@ -308,7 +308,10 @@ class ArrayKernel(KernelWriter):
         tail = [f"    blk_sum{e.out.id} += {self.name(e.out)}" for e in sums]
         self.name.names.update(renamed)
         self.row_offset = ""
-        tail += ["n = n_all"] + [f"{self.name(e.out)} = blk_sum{e.out.id}" for e in sums]
+        # the accumulators are float64 whatever the dtype (a float32 batch keeps its digits)
+        cast = ".astype(DT)" if self.dtype != "float64" else ""
+        tail += ["n = n_all"] + [f"{self.name(e.out)} = blk_sum{e.out.id}"
+                                 + (cast if e.out.shape else "") for e in sums]
         return head, tail
 
     def extent(self, k):

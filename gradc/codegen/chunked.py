@@ -320,7 +320,7 @@ class ChunkKernel(KernelWriter):
         if e.prim == "assemble":
             return self.assemble_lines(e, out, ins)
         if e.prim == "constant":
-            return [f"{out} = {self.table(e.params, 'float64')}"]
+            return [f"{out} = {self.table(e.params, self.dtype)}"]
         if _is_call(e):
             (a,) = e.inputs
             f = _call_name(e.params)
@@ -384,9 +384,12 @@ class ChunkKernel(KernelWriter):
         if W:
             lines.append(f"PW = {W}")
         if W:
-            lines.append(f"part = _rt.empty(nchunks * {W})  # every entry is written")
+            lines.append(f"part = _rt.empty64(nchunks * {W})  # every entry is written")
         lines += allocs
-        alloc = [f"S = _rt.empty({max(self.scratch_words, 1) * CH})"]
+        # the chunk scratch stays float64 in float32 kernels: it lives in L1/L2, and with
+        # the maths in float64 registers a float32 scratch only adds conversions (the
+        # README model ran 1.18x slower with it; docs/performance.md)
+        alloc = [f"S = _rt.empty64({max(self.scratch_words, 1) * CH})"]
         if not par:
             lines += alloc
         lines.append(f"for c in {'prange' if par else 'range'}(nchunks):")

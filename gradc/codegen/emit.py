@@ -8,9 +8,11 @@ returns).  Its arguments are derived from the roles of the program's inputs
 (:func:`argument_groups`): ``params``, then the tangents by nesting level (``tangent``,
 ``tangent2``, ...) and the ``cotangent``, then one array per data symbol (the batch on axis
 0: ``(n,)`` for a scalar, ``(n, L)`` for a vector of length L) and one value per const.
-For scalar models ``params`` (and each tangent) is one float64 vector in ``wrt`` order;
+For scalar models ``params`` (and each tangent) is one vector in ``wrt`` order;
 when some parameter is a matrix they are tuples with one entry per ``wrt`` symbol (2-D
-float64 arrays, floats for scalars).
+arrays, floats for scalars).  Arrays are float64, or float32 for ``dtype="float32"``: the
+module then imports :mod:`gradc.codegen.runtime32` as ``_rt`` (float32 allocators) and
+defines ``DT = np.float32``; everything else in the source is the same.
 
 :func:`generate` writes every spec with one generic writer and returns the deterministic,
 readable source and a *manifest* (kernel names, arguments, output kinds, the memory table
@@ -51,10 +53,11 @@ import math
 import numpy as np
 from numba import prange
 
-from gradc.codegen import runtime as _rt
+from gradc.codegen import {runtime} as _rt
 from gradc.codegen import vmath as _vm
 
 CHUNK = {chunk}
+DT = np.{dtype}
 '''
 
 
@@ -163,9 +166,11 @@ class KernelSpec:
 class KernelWriter:
     """What both kernel writers share: names, signature, prologue, the return statement."""
 
-    def __init__(self, spec, printer, tuple_params, parallel=False, param_names=None):
+    def __init__(self, spec, printer, tuple_params, parallel=False, param_names=None,
+                 dtype="float64"):
         prog = spec.program
         self.spec = spec
+        self.dtype = dtype
         self.parallel = parallel
         self.param_names = param_names
         self.prog, self.fname, self.doc = prog, spec.name, spec.doc
@@ -194,7 +199,7 @@ class KernelWriter:
             plist = "tuple (" + ", ".join(f"{i.name} {kind(i)}" for i in self.params) + ")"
         else:
             names = self.param_names or [i.name for i in self.params]
-            plist = f"float64[{len(names)}] ({name_list(names)})"
+            plist = f"{self.dtype}[{len(names)}] ({name_list(names)})"
         lines = []
         for name, role, level in self.args:
             if role == "param":
@@ -206,7 +211,8 @@ class KernelWriter:
                 lines.append(f"{name}: the cotangent of the output")
         for i in self.data:
             shape = f"(n, {size_of(i.var.shape)})" if i.var.shape else "(n,)"
-            lines.append(f"{self.name(i.var)}: float64 {shape}, data {i.name}, one row per example")
+            lines.append(f"{self.name(i.var)}: {self.dtype} {shape}, data {i.name}, one row per "
+                         "example")
         for i in self.consts:
             lines.append(f"{self.name(i.var)}: {kind(i)} const {i.name}")
         return lines
@@ -230,7 +236,7 @@ class KernelWriter:
         """The expression returned for the gradient of param ``inp``."""
         if isinstance(atom, Lit):
             if inp.var.shape:
-                return f"np.full({self.user_shape(inp)}, {literal(atom.value)})"
+                return f"np.full({self.user_shape(inp)}, {literal(atom.value)}, DT)"
             return literal(atom.value)
         name = self.name(atom)
         if inp.var.shape:
@@ -244,8 +250,10 @@ class KernelWriter:
 class ModuleWriter:
     """Writes the kernels of one compiled function from their specs, with one writer."""
 
-    def __init__(self, specs, reduce, parallel=False, param_names=None):
+    def __init__(self, specs, reduce, parallel=False, param_names=None, dtype="float64"):
         from .chunked import ChunkPrinter, is_chunk_program, isolate_calls
+
+        self.dtype = dtype
 
         progs = [s.program for s in specs if s.program is not None]
         # chunked kernels take the packed parameter vector of a scalar model (param_names
@@ -276,7 +284,7 @@ class ModuleWriter:
         else:
             from .arrays import ArrayKernel as cls
         w = cls(spec, self.printer, tuple_params=not self.chunked, parallel=self.parallel,
-                param_names=self.param_names)
+                param_names=self.param_names, dtype=self.dtype)
         w.tables = self.tables  # constant tables are shared by the module's kernels
         return w
 
@@ -304,7 +312,7 @@ class ModuleWriter:
                 f"{i.name} {kind(i)}" for i in self.params) + ")"
         else:
             names = self.param_names or [i.name for i in self.params]
-            doc = (f"Arguments: params (float64[{len(names)}], order: "
+            doc = (f"Arguments: params ({self.dtype}[{len(names)}], order: "
                    f"{name_list(names) or '-'})")
         if self.data:
             doc += ", data: " + ", ".join(
@@ -314,11 +322,13 @@ class ModuleWriter:
             doc += ", consts: " + ", ".join(f"{i.name} {kind(i)}" for i in self.consts)
         self.args_doc = doc + "."
         head = HEADER.format(title=_doc_text(title), version=version,
-                             args_doc=_doc_text(self.args_doc), reduce=self.reduce, chunk=CHUNK)
+                             args_doc=_doc_text(self.args_doc), reduce=self.reduce, chunk=CHUNK,
+                             runtime="runtime" if self.dtype == "float64" else "runtime32",
+                             dtype=self.dtype)
         kernels = self.kernels()
         if self.tables:
             head += "\n" + "\n".join(
-                f"{name} = np.array([{', '.join(map(literal, vals) if dt == 'float64' else map(str, vals))}]"
+                f"{name} = np.array([{', '.join(map(literal, vals) if dt.startswith('float') else map(str, vals))}]"
                 f", dtype=np.{dt})"
                 for (dt, vals), name in sorted(self.tables.items(), key=lambda kv: kv[1])) + "\n"
         return "\n\n\n".join([head] + kernels) + "\n"
@@ -341,6 +351,7 @@ class ModuleWriter:
             "helpers": list(self.helpers),
             "arguments_doc": self.args_doc,
             "parallel": self.parallel,
+            "dtype": self.dtype,
         }
 
 
@@ -374,7 +385,8 @@ def name_list(names):
             "the manifest's param_names), " + ", ".join(names[-half:]))
 
 
-def generate(specs, reduce, title="", version="", parallel=False, param_names=None):
+def generate(specs, reduce, title="", version="", parallel=False, param_names=None,
+             dtype="float64"):
     """Return ``(source, manifest)`` of the kernel module for ``specs`` (see the module
     docstring).
 
@@ -383,6 +395,7 @@ def generate(specs, reduce, title="", version="", parallel=False, param_names=No
     threads); sums over the batch are formed per chunk and added in chunk order, so the
     results are the same as without.
     """
-    writer = ModuleWriter(specs, reduce, parallel=parallel, param_names=param_names)
+    writer = ModuleWriter(specs, reduce, parallel=parallel, param_names=param_names,
+                          dtype=dtype)
     source = writer.module(title, version)
     return source, writer.manifest(title)

@@ -355,6 +355,9 @@ python.empty = np.empty
 python.zeros = np.zeros
 empty = _jit(empty)
 zeros = _jit(zeros)
+# float64 whatever the kernels' dtype: the per-chunk partial sums of the batch sums
+empty64, zeros64 = empty, zeros
+python.empty64, python.zeros64 = np.empty, np.zeros
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,16 +367,16 @@ zeros = _jit(zeros)
 def colsum(a):
     """Column sums of a 2-D array (the sum over the batch), pairwise-free but in order."""
     n, m = a.shape
-    out = np.zeros(m)
+    acc = np.zeros(m)  # float64 whatever a's dtype: a float32 batch keeps its digits
     for i in range(n):
         for j in range(m):
-            out[j] += a[i, j]
-    return out
+            acc[j] += a[i, j]
+    return acc.astype(a.dtype)
 
 
 def chunk_sums(part, nchunks, width):
     """The sums over chunks of per-chunk partial sums stored chunk after chunk in the flat
-    ``part`` (``width`` per chunk), added in chunk order."""
+    ``part`` (``width`` per chunk), added in chunk order (in float64)."""
     out = np.zeros(width)
     for c in range(nchunks):
         for q in range(width):
@@ -384,7 +387,7 @@ def chunk_sums(part, nchunks, width):
 def rowsum(a):
     """Row sums of a 2-D array (per-example sums)."""
     n, m = a.shape
-    out = np.empty(n)
+    out = np.empty(n, a.dtype)
     for i in range(n):
         s = 0.0
         for j in range(m):
@@ -416,7 +419,7 @@ def rowlse(a):
     one flat buffer whose exponentials are one vectorised pass, and the logarithms of the
     row sums another; longer rows are done one at a time."""
     n, m = a.shape
-    out = np.empty(n)
+    out = np.empty(n, a.dtype)
     buf = np.empty(m)
     if m > 16:
         for i in range(n):
@@ -456,7 +459,7 @@ def lse_all(a):
 def rowdot(a, b):
     """Per-row dot products of two (n, L) arrays."""
     n, m = a.shape
-    out = np.empty(n)
+    out = np.empty(n, a.dtype)
     for i in range(n):
         s = 0.0
         for j in range(m):
@@ -470,7 +473,7 @@ def bmm(a, b, ab, bb, r, k, c, n):
     ``i``'s ``A @ B``, flattened, with ``A`` the ``r x k`` row ``a[i]`` of a batch
     (``ab``) or the one matrix ``a``, and ``B`` likewise (``bb``).  Small products run as
     loops, large ones as one BLAS product per example."""
-    out = np.empty((n, r * c))
+    out = np.empty((n, r * c), a.dtype)
     A0 = np.ascontiguousarray(a).reshape((-1, r * k))
     B0 = np.ascontiguousarray(b).reshape((-1, k * c))
     blas = r * k * c >= 4096
@@ -496,7 +499,7 @@ def bmm_sum(a, b, r, k, c, n):
     laid side by side."""
     A = np.ascontiguousarray(a).reshape((n, r, k))
     B = np.ascontiguousarray(b).reshape((n * k, c))
-    wide = np.empty((r, n * k))
+    wide = np.empty((r, n * k), a.dtype)
     for p in range(r):
         for i in range(n):
             for t in range(k):
@@ -506,7 +509,7 @@ def bmm_sum(a, b, r, k, c, n):
 
 def btranspose(a, r, c, n):
     """Per-example transposes: ``(n, r * c)`` rows of ``r x c`` matrices to ``(n, c * r)``."""
-    out = np.empty((n, c * r))
+    out = np.empty((n, c * r), a.dtype)
     for i in range(n):
         for p in range(r):
             for q in range(c):
@@ -526,7 +529,7 @@ def contract(out, a, b, ta, tb, m, k, n2):
     if m >= 8 * n2 and n2 <= 64:
         # a tall, narrow result: OpenBLAS computes its transpose (a short, wide product)
         # faster, and the copy back is cheap next to it (benchmarks/bench_gemm.py --tall)
-        t = np.empty((n2, m))
+        t = np.empty((n2, m), out.dtype)
         # (one np.dot per layout: a conditional expression would give numba an array of
         # unknown layout, and its slow non-BLAS product)
         if tb and ta:
@@ -612,7 +615,7 @@ def index_text(v):
 def pick(z, idx):
     """z[i, idx[i]] for every row i."""
     n, m = z.shape
-    out = np.empty(n)
+    out = np.empty(n, z.dtype)
     for i in range(n):
         out[i] = z[i, _label(idx[i], m)]
     return out
@@ -622,7 +625,7 @@ def pick_fixed(z, idx):
     """z.flat[idx[i]] for a batch-invariant vector z."""
     flat = np.ascontiguousarray(z).reshape(-1)
     n = idx.shape[0]
-    out = np.empty(n)
+    out = np.empty(n, z.dtype)
     for i in range(n):
         out[i] = flat[_label(idx[i], flat.shape[0])]
     return out
@@ -631,7 +634,7 @@ def pick_fixed(z, idx):
 def onehot(idx, m):
     """Rows of length m with a 1 at idx[i]."""
     n = idx.shape[0]
-    out = np.zeros((n, m))
+    out = np.zeros((n, m), idx.dtype)  # data labels come in the kernels' dtype
     for i in range(n):
         out[i, _label(idx[i], m)] = 1.0
     return out
@@ -678,7 +681,7 @@ def _np_labels(idx, m):
 
 python.pick = lambda z, idx: z[np.arange(z.shape[0]), _np_labels(idx, z.shape[1])]
 python.pick_fixed = lambda z, idx: np.reshape(z, -1)[_np_labels(idx, np.size(z))]
-python.onehot = lambda idx, m: np.eye(m)[_np_labels(idx, m)]
+python.onehot = lambda idx, m: np.eye(m, dtype=idx.dtype)[_np_labels(idx, m)]
 
 _lse_row = _jit(_lse_row)
 _label = _jit(_label)
