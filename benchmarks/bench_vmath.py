@@ -21,7 +21,9 @@ and the speed-up ratios math/vmath and numpy/vmath.  It also reports the SIMD
 width LLVM chose for each vmath loop (``<N x double>`` in the IR) and whether
 ymm/zmm registers appear in the assembly.  Last, ``exp`` over rows of L values with L
 a literal constant against ``_rt.opaque(L)`` (the trip count gradc's array kernels use
-for rows of 9 to 15 values).
+for rows of 9 to 15 values).  Then the float32 run forms (``_vm.tanh_v`` on float32
+arrays: ``vmath.tanh32`` ...) against the float64 ones and numpy's float32 ufuncs, with
+their worst error in float32 ulps.
 """
 
 import os
@@ -264,8 +266,37 @@ def main():
         tc = median_ns_per_element(const, x, out, samples)
         to = median_ns_per_element(opaque, x, out, samples)
         print(f"  L = {length:3d}   constant {tc:6.2f}   opaque {to:6.2f}   constant/opaque {tc / to:5.2f}")
+    float32_runs(rng, samples)
     if "--jax" in sys.argv:
         against_jax(rng, samples)
+
+
+def float32_runs(rng, samples):
+    """The out-of-line run forms gradc's kernels call (``_vm.<f>_v``) on float32 arrays
+    (the float32 functions, ``vmath.tanh32`` ...) against float64 arrays (the float64
+    functions) and numpy's float32 ufuncs, ns per value, with the worst error in float32
+    ulps against a float64 reference."""
+    print("\nfloat32 runs (_vm.<f>_v, what float32 kernels call), ns/element, and the worst "
+          "error in float32 ulps")
+    print(f"  {'func':8s} {'n':>9s} {'float32':>8s} {'float64':>8s} {'numpy32':>8s}   "
+          f"{'f32/f64':>7s}  max ulp")
+    refs = {"exp": np.exp, "log": np.log, "tanh": np.tanh,
+            "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}
+    np32 = {"exp": np.exp, "log": np.log, "tanh": np.tanh,
+            "sigmoid": lambda v, out: np.divide(1, 1 + np.exp(-v), out=out)}
+    for name in ("exp", "log", "tanh", "sigmoid"):
+        run = getattr(vmath, name + "_v")
+        for n in (10_000, 1_000_000):
+            x64 = rng.uniform(0.01, 10.0, n) if name == "log" else rng.uniform(-10.0, 10.0, n)
+            x32 = x64.astype(np.float32)
+            o32, o64 = np.empty_like(x32), np.empty_like(x64)
+            t32 = median_ns_per_element(lambda x, o: run(x, 0, o, 0, x.size), x32, o32, samples)
+            t64 = median_ns_per_element(lambda x, o: run(x, 0, o, 0, x.size), x64, o64, samples)
+            tnp = median_ns_per_element(lambda x, o: np32[name](x, out=o), x32, np.empty_like(x32),
+                                        samples)
+            ref = refs[name](x32.astype(np.float64))
+            ulp = float(np.max(np.abs(o32 - ref) / np.spacing(np.abs(ref.astype(np.float32)))))
+            print(f"  {name:8s} {n:9,d} {t32:8.2f} {t64:8.2f} {tnp:8.2f}   {t32 / t64:7.2f}  {ulp:.2f}")
 
 
 def max_ulp(y, x, ref_fn):

@@ -71,10 +71,10 @@ def compile(expr, wrt, data=(), consts=(), reduce="mean", jit=True, parallel=Fal
         a second.
     dtype : {"float64", "float32"}
         The floating-point type of the kernels: parameters, data, intermediate arrays and
-        results.  With ``"float32"`` the arrays take half the memory and the products run
-        as single-precision BLAS (``sgemm``); elementwise maths is evaluated in float64
-        registers and rounded once when stored, and sums over the batch are accumulated in
-        float64, so results are float32 numbers accurate to float32 precision.
+        results.  With ``"float32"`` the arrays take half the memory, the products run as
+        single-precision BLAS (``sgemm``) and ``exp``/``log``/``tanh``/the logistic as
+        float32 vectorised maths, while sums over the batch are accumulated in float64:
+        results are float32 numbers accurate to float32 precision (docs/conventions.md).
 
     Returns
     -------

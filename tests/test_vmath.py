@@ -371,3 +371,61 @@ def test_any_double(x, name):
         assert _same(got, want) or (want == 0.0 and got == 0.0)
     else:
         assert abs(got - want) <= 3 * math.ulp(want), (name, x, got, want)
+
+
+# --------------------------------------------------------------------------------------
+# float32 versions (exp32, log32, tanh32, sigmoid32) and the type dispatch of the run and
+# scalar forms: float32 arguments get float32 maths
+
+F32_ULP_BOUND = {"exp": 1.25, "log": 1.0, "tanh": 1.5, "sigmoid": 2.5}
+F32_REF = {"exp": np.exp, "log": np.log, "tanh": np.tanh,
+           "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}
+
+
+def _f32_points(name):
+    rng = np.random.default_rng(32)
+    x = np.concatenate([rng.uniform(-20, 20, 100_000),
+                        10.0 ** rng.uniform(-44, 1.9, 50_000) * rng.choice([-1, 1], 50_000),
+                        np.linspace(-1, 1, 10_001),
+                        [0.0, -0.0, 0.55, -0.55, 9.0, -9.0, 88.7, -87.0, -103.9, 89.5,
+                         1e-45, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    return np.abs(x) if name == "log" else x
+
+
+@pytest.mark.parametrize("name", sorted(F32_ULP_BOUND))
+def test_float32_runs_accuracy_and_special_values(name):
+    """The run form on float32 arrays: within the bound (float32 ulps of the correctly
+    rounded float32 result, from a float64 reference) wherever the result is a normal
+    float32, and IEEE special values (0, inf, NaN, overflow, underflow) as numpy's."""
+    x = _f32_points(name)
+    out = np.empty_like(x)
+    getattr(vmath, name + "_v")(x, 0, out, 0, x.size)
+    assert out.dtype == np.float32
+    with np.errstate(all="ignore"):
+        ref = F32_REF[name](x.astype(np.float64))
+        want32 = ref.astype(np.float32)
+    normal = np.isfinite(want32) & (np.abs(want32) >= np.finfo(np.float32).tiny)
+    ulps = np.abs(out[normal].astype(np.float64) - ref[normal]) / np.spacing(
+        np.abs(want32[normal])).astype(np.float64)
+    assert ulps.max() <= F32_ULP_BOUND[name], x[normal][np.argmax(ulps)]
+    rest = ~normal
+    with np.errstate(invalid="ignore"):  # inf - inf where both are inf
+        same = (out[rest] == want32[rest]) | (np.isnan(out[rest]) & np.isnan(want32[rest])) | (
+            np.abs(out[rest].astype(np.float64) - ref[rest]) <= 2 * 1.401298464324817e-45)
+    assert same.all(), (x[rest][~same], out[rest][~same], want32[rest][~same])
+
+
+@pytest.mark.parametrize("name", sorted(F32_ULP_BOUND))
+def test_float32_runs_are_float32_simd_and_python_equal(name):
+    f = getattr(vmath, name + "_v")
+    g = numba.njit(error_model="numpy")(f.py_func)  # a fresh dispatcher: inspectable
+    x = np.linspace(0.1, 5, 64, dtype=np.float32)
+    out = np.empty_like(x)
+    g(x, 0, out, 0, 64)
+    ir = g.inspect_llvm(g.signatures[0])
+    assert re.search(r"<(8|16) x float>", ir), name
+    assert "x double>" not in ir, name  # float32 maths, not float64 in float32 arrays
+    scalar = getattr(vmath, name + "32")
+    for v in x[::7]:
+        assert scalar.py_func(np.float32(v)) == scalar(np.float32(v)) == out[list(x).index(v)]
+    assert isinstance(getattr(vmath, name + "_s")(np.float32(1.5)), float)

@@ -249,7 +249,7 @@ class ChunkKernel(KernelWriter):
         if self.data:
             lines.append(f"n = {self.name(self.data[0].var)}.shape[0]")
         for i in self.prog.inputs_of("size"):
-            lines.append(f"{self.name(i.var)} = float(n)")
+            lines.append(f"{self.name(i.var)} = {self.size_text()}")
         return lines
 
     def table(self, values, dtype="int64"):
@@ -296,7 +296,7 @@ class ChunkKernel(KernelWriter):
 
         def read(a):
             if isinstance(a, Lit):
-                return literal(a.value)
+                return self.lit(a.value)
             if a.id in members:
                 return f"s{a.id}"
             return f"{self.name(a)}[t]" if a.shape else self.name(a)
@@ -386,10 +386,7 @@ class ChunkKernel(KernelWriter):
         if W:
             lines.append(f"part = _rt.empty64(nchunks * {W})  # every entry is written")
         lines += allocs
-        # the chunk scratch stays float64 in float32 kernels: it lives in L1/L2, and with
-        # the maths in float64 registers a float32 scratch only adds conversions (the
-        # README model ran 1.18x slower with it; docs/performance.md)
-        alloc = [f"S = _rt.empty64({max(self.scratch_words, 1) * CH})"]
+        alloc = [f"S = _rt.empty({max(self.scratch_words, 1) * CH})"]
         if not par:
             lines += alloc
         lines.append(f"for c in {'prange' if par else 'range'}(nchunks):")
@@ -730,7 +727,7 @@ class ChunkKernel(KernelWriter):
 
     def read(self, a, members):
         if isinstance(a, Lit):
-            return literal(a.value)
+            return self.lit(a.value)
         if a.id in members:
             return f"s{a.id}"
         if a.id in self.data_ids:

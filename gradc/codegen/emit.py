@@ -90,9 +90,12 @@ class Namer:
             self.names[inp.var.id] = name
             taken.add(name + "_i")  # per-example loads of data are named <name>_i
 
+    #: how a literal is written (a float32 chunked kernel wraps it: :meth:`KernelWriter.lit`)
+    literal = staticmethod(lambda value: literal(value))
+
     def __call__(self, atom) -> str:
         if isinstance(atom, Lit):
-            return literal(atom.value)
+            return self.literal(atom.value)
         return self.names.get(atom.id) or f"v{atom.id}"
 
 
@@ -180,7 +183,17 @@ class KernelWriter:
         self.tuple_params = tuple_params
         self.name = Namer(prog)
         self.args = argument_groups(prog)
+        if getattr(printer, "dtype", "float64") != "float64":  # float32 arithmetic
+            self.name.literal = self.lit
 
+    def lit(self, value):
+        """The source of a literal in this kernel's arithmetic (see
+        :meth:`gradc.codegen.printer.KernelPrinter.number`)."""
+        return self.printer.number(literal(value))
+
+    def size_text(self):
+        """The batch size as the kernel's arithmetic takes it."""
+        return "float(n)" if getattr(self.printer, "dtype", "float64") == "float64" else "DT(n)"
     def eqn_line(self, e, names=None):
         names = names if names is not None else [self.name(a) for a in e.inputs]
         return f"{self.name(e.out)} = {registry[e.prim].emit(e, names, self.printer)}"
@@ -229,7 +242,7 @@ class KernelWriter:
         if self.data:
             lines.append(f"n = {self.name(self.data[0].var)}.shape[0]")
         for i in self.prog.inputs_of("size"):
-            lines.append(f"{self.name(i.var)} = float(n)")
+            lines.append(f"{self.name(i.var)} = {self.size_text()}")
         return lines
 
     def grad_value(self, atom, inp):
@@ -267,7 +280,9 @@ class ModuleWriter:
         self.parallel = parallel
         self.param_names = param_names
         self.reduce = reduce
-        self.printer = ChunkPrinter() if self.chunked else KernelPrinter()
+        # float32 literals in the loop bodies of scalar models (their time is elementwise
+        # maths); matrix kernels are product-bound and keep float64 literals
+        self.printer = ChunkPrinter(dtype) if self.chunked else KernelPrinter()
         first = progs[0]
         self.params = first.inputs_of("param")
         self.data = first.inputs_of("data")

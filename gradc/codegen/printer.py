@@ -49,9 +49,17 @@ class KernelPrinter(PythonCodePrinter):
 
     printmethod = "_gradc_code"
 
-    def __init__(self):
+    def __init__(self, dtype="float64"):
         super().__init__({"fully_qualified_modules": False, "strict": False})
         self._templates: dict = {}
+        self.dtype = dtype
+
+    def number(self, text: str) -> str:
+        """A number's source text in the printer's dtype: as it is for float64; wrapped in
+        ``np.float32(...)`` for float32 bodies, so that the arithmetic stays float32 (numba
+        types a Python literal as a float64 or an int64, which promotes a float32
+        expression to float64)."""
+        return text if self.dtype == "float64" else f"np.float32({text})"
 
     def template(self, body: sp.Expr) -> str:
         text = self._templates.get(body)
@@ -62,30 +70,30 @@ class KernelPrinter(PythonCodePrinter):
 
     # -- numbers --------------------------------------------------------------------------
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return self.number(repr(float(expr)))
 
     def _print_Integer(self, expr):
-        return str(int(expr)) if abs(int(expr)) < 2**53 else repr(float(expr))
+        return self.number(str(int(expr)) if abs(int(expr)) < 2**53 else repr(float(expr)))
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return self.number(repr(float(expr)))
 
     def _print_Half(self, expr):
-        return "0.5"
+        return self.number("0.5")
 
     def _print_NumberSymbol(self, expr):
-        return repr(float(expr))
+        return self.number(repr(float(expr)))
 
     _print_Pi = _print_Exp1 = _print_EulerGamma = _print_GoldenRatio = _print_NumberSymbol
 
     def _print_Infinity(self, expr):
-        return "np.inf"
+        return self.number("np.inf")
 
     def _print_NegativeInfinity(self, expr):
-        return "(-np.inf)"
+        return self.number("-np.inf") if self.dtype != "float64" else "(-np.inf)"
 
     def _print_NaN(self, expr):
-        return "np.nan"
+        return self.number("np.nan")
 
     def _print_BooleanTrue(self, expr):
         return "True"
@@ -99,11 +107,11 @@ class KernelPrinter(PythonCodePrinter):
         b = self.parenthesize(base, 1000)  # always parenthesise compound bases
         if e.is_Integer and 1 <= abs(int(e)) <= 4:
             prod = "*".join([b] * abs(int(e)))
-            return f"({prod})" if e > 0 else f"(1.0/({prod}))"
+            return f"({prod})" if e > 0 else f"({self.number('1.0')}/({prod}))"
         if e == sp.Rational(1, 2):
             return f"np.sqrt({self._print(base)})"
         if e == sp.Rational(-1, 2):
-            return f"(1.0/np.sqrt({self._print(base)}))"
+            return f"({self.number('1.0')}/np.sqrt({self._print(base)}))"
         if base.is_integer:  # an integer base (a loop index, 2**-i): float powers, as numpy
             b = f"float({self._print(base)})" if not base.is_Number else repr(float(base))
         return f"({b}**{self.parenthesize(e, 1000)})"
@@ -138,7 +146,7 @@ class KernelPrinter(PythonCodePrinter):
         # a constant subexpression such as 1/sqrt(pi) prints as its float64 value
         if isinstance(expr, sp.Expr) and not expr.is_Atom and not expr.free_symbols:
             try:
-                return repr(float(expr))
+                return self.number(repr(float(expr)))
             except TypeError:
                 pass
         return super()._print(expr, **kwargs)

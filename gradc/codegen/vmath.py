@@ -27,6 +27,9 @@ Public functions (scalar in, float64 out)
 ``lgamma_pos(x)``   log Gamma(x) for 0 < x < 1e300 (``runtime.lgamma`` and its
                     run form ``runtime.lgamma_v`` handle every x)
 ``digamma_pos(x)``  psi(x) = d/dx log Gamma(x) for 0 < x < inf (``runtime.digamma``)
+``exp32``, ``log32``, ``tanh32``, ``sigmoid32``
+                float32 in, float32 out, float32 arithmetic (for float32 kernels; the
+                out-of-line forms ``<f>_v``/``<f>_s`` pick them for float32 arguments)
 
 Accuracy (float64; measured by ``tests/test_vmath.py`` and larger sweeps
 against an 80-bit long double reference, over millions of points with
@@ -105,18 +108,22 @@ kernel pieces) are plain Python functions that numba overloads, so every
 ``py_func`` is pure Python and returns bit-identical results to the
 compiled code (no FMA contraction is used outside fastmath callers).  The
 same holds under ``NUMBA_DISABLE_JIT=1``.  Inputs are scalars; int,
-float32 and float64 inputs are accepted and the result is float64.
+float32 and float64 inputs are accepted and the result is float64 (the ``*32`` functions,
+and the out-of-line forms given a float32, return float32).
 """
 
 import inspect
 import math
 import struct
 
+import numpy as np
+
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "lgamma_pos", "digamma_pos"]
+__all__ = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "lgamma_pos", "digamma_pos",
+           "exp32", "log32", "tanh32", "sigmoid32"]
 
 _jit = njit(inline="always", cache=True)
 
@@ -768,6 +775,176 @@ def digamma_pos(x):
     return _where(large, log(xs) - 0.5 * q - ser, small)
 
 
+
+# ---------------------------------------------------------------------------
+# float32 versions, for float32 kernels (``gradc.compile(..., dtype="float32")``):
+# ``exp32``, ``log32``, ``tanh32``, ``sigmoid32`` take and return float32 and compute in
+# float32 (16 lanes with AVX-512, 8 with AVX2), with the same algorithms as the float64
+# functions and polynomials fitted here for float32 (Chebyshev interpolants in mpmath,
+# coefficients rounded to float32; ``tests/test_vmath.py`` measures the errors against
+# float64 references).  Plain float32 arithmetic: unlike the float64 functions these are
+# not meant for fastmath callers.  The out-of-line forms below (``tanh_v``, ``tanh_s``...)
+# pick the float32 function for float32 arguments (:func:`_by_type`).
+# ---------------------------------------------------------------------------
+
+_PACK_F = struct.Struct("<f")
+_PACK_I = struct.Struct("<i")
+_F32 = np.float32
+
+
+def _f2i32(x):
+    """Bits of float32 ``x`` as a signed integer."""
+    return _PACK_I.unpack(_PACK_F.pack(_F32(x)))[0]
+
+
+def _i2f32(i):
+    """float32 whose bits are the low 32 bits of integer ``i``."""
+    u = int(i) & 0xFFFFFFFF
+    return _F32(_PACK_F.unpack(_PACK_I.pack(u - (1 << 32) if u >= 1 << 31 else u))[0])
+
+
+@intrinsic
+def _bitcast_f32_i32(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bitcast_i_f32(typingctx, i):
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if i.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif i.bitwidth < 32:
+            v = builder.sext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(i), codegen
+
+
+@overload(_f2i32, inline="always")
+def _ol_f2i32(x):
+    return lambda x: _bitcast_f32_i32(x)
+
+
+@overload(_i2f32, inline="always")
+def _ol_i2f32(i):
+    return lambda i: _bitcast_i_f32(i)
+
+
+_INVLN2_32 = _F32(1.4426950408889634)
+_LN2HI_32 = _F32(0.693359375)               # 9 significant bits: k * _LN2HI_32 is exact
+_LN2LO_32 = _F32(-2.12194440e-4)            # ln 2 - _LN2HI_32
+_ONE32, _TWO32, _HALF32 = _F32(1.0), _F32(2.0), _F32(0.5)
+# exp(r) = 1 + r + r^2 Q(r) on |r| <= ln2/2, degree 4: at most 0.6 ulp (float32)
+_EQ0, _EQ1, _EQ2, _EQ3, _EQ4 = (_F32(0.5), _F32(0.16666576266288757),
+                                _F32(0.04166646674275398), _F32(0.008363175205886364),
+                                _F32(0.0013933643931522965))
+# tanh(x) = x + x z T(z), z = x^2, |x| < 0.55, degree 4: at most 0.5 ulp
+_TQ0, _TQ1, _TQ2, _TQ3, _TQ4 = (_F32(-0.3333333134651184), _F32(0.13333117961883545),
+                                _F32(-0.053910065442323685), _F32(0.021312745288014412),
+                                _F32(-0.006615754682570696))
+# log(1 + f) = f - (f^2/2 - s (f^2/2 + z L(z))), s = f / (2 + f), z = s^2, degree 2
+_LQ0, _LQ1, _LQ2 = _F32(0.6666668653488159), _F32(0.39988741278648376), _F32(0.29581326246261597)
+_EXP32_HI, _EXP32_LO = _F32(89.0), _F32(-104.0)
+_TANH32_SMALL, _TANH32_BIG = _F32(0.55), _F32(9.0)   # tanh(9) rounds to 1 in float32
+_MIN_NORMAL32, _TWO25 = _F32(1.1754943508222875e-38), _F32(33554432.0)
+_INF32, _NAN32 = _F32(np.inf), _F32(np.nan)
+
+
+@_inline_helper
+def _exp32_poly(r):
+    r2 = r * r
+    q = (_EQ0 + _EQ1 * r) + r2 * (_EQ2 + _EQ3 * r + r2 * _EQ4)
+    return _ONE32 + (r + r2 * q)
+
+
+@_jit
+def exp32(x):
+    """e**x in float32 (branch-free; 2**k applied as two exponent-field powers of two, so
+    results near overflow and subnormal ones need no branch)."""
+    xc = _where(x > _EXP32_HI, _EXP32_HI, x)
+    xc = _where(xc < _EXP32_LO, _EXP32_LO, xc)
+    kf = np.rint(xc * _INVLN2_32)
+    k = np.int32(kf)
+    r = (xc - kf * _LN2HI_32) - kf * _LN2LO_32
+    k1 = k >> 1
+    s1 = _i2f32((k1 + 127) << 23)
+    s2 = _i2f32((k - k1 + 127) << 23)
+    return (_exp32_poly(r) * s1) * s2
+
+
+@_jit
+def tanh32(x):
+    """Hyperbolic tangent in float32: x + x z T(z) for |x| < 0.55, else
+    1 - 2 / (exp(2|x|) + 1) with the sign of x (branch-free)."""
+    a = abs(x)
+    y = _where(a > _TANH32_BIG, _TANH32_BIG + _TANH32_BIG, a + a)
+    kf = np.rint(y * _INVLN2_32)
+    r = (y - kf * _LN2HI_32) - kf * _LN2LO_32
+    e = _exp32_poly(r) * _i2f32((np.int32(kf) + 127) << 23)      # 0 <= k <= 26
+    big = _ONE32 - _TWO32 / (e + _ONE32)
+    big = _where(x < _F32(0.0), -big, big)
+    z = x * x
+    small = x + x * (z * (_TQ0 + z * (_TQ1 + z * (_TQ2 + z * (_TQ3 + z * _TQ4)))))
+    return _where(a < _TANH32_SMALL, small, big)
+
+
+@_jit
+def log32(x):
+    """Natural logarithm in float32 (branch-free; subnormal inputs scaled by 2**25 first)."""
+    tiny = x < _MIN_NORMAL32
+    xn = _where(tiny, x * _TWO25, x)
+    u = _f2i32(xn) + (0x3F800000 - 0x3F3504F3)
+    eb = (u >> 23) & 0xFF                                       # e + 127
+    m = _i2f32((u & 0x7FFFFF) + 0x3F3504F3)                    # in [sqrt(1/2), sqrt(2))
+    ef = (_i2f32(eb | 0x4B000000) - _F32(8388608.0)) - _where(tiny, _F32(152.0), _F32(127.0))
+    f = m - _ONE32
+    s = f / (_TWO32 + f)
+    z = s * s
+    hf = _HALF32 * f * f
+    val = f - (hf - s * (hf + z * (_LQ0 + z * (_LQ1 + z * _LQ2))))
+    res = ef * _LN2HI_32 + (val + ef * _LN2LO_32)
+    res = _where(x == _INF32, _INF32, res)
+    return _where(x > _F32(0.0), res, _where(x == _F32(0.0), -_INF32, _NAN32))
+
+
+@_jit
+def sigmoid32(x):
+    """1 / (1 + exp(-x)) in float32, stable for both signs (branch-free)."""
+    e = exp32(-abs(x))
+    return _where(x < _F32(0.0), e, _ONE32) / (_ONE32 + e)
+
+
+def _by_type(f64, f32):
+    """A function of one scalar that is ``f32`` for a float32 argument and ``f64`` for
+    any other (inlined), so one out-of-line form serves both kernel dtypes."""
+    def pick(x):
+        return f32(x) if isinstance(x, np.float32) else f64(x)
+
+    @overload(pick, inline="always")
+    def _ol_pick(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        return lambda x: f64(x)
+
+    return pick
+
+
+_exp_any = _by_type(exp, exp32)
+_log_any = _by_type(log, log32)
+_tanh_any = _by_type(tanh, tanh32)
+_sigmoid_any = _by_type(sigmoid, sigmoid32)
+
+
 # ---------------------------------------------------------------------------
 # Out-of-line versions, compiled once (numba's disk cache) for every kernel.
 #
@@ -788,7 +965,7 @@ def exp_v(x, xo, out, oo, m):
     a = x[xo:xo + m]  # views: indices LLVM knows are in range vectorise
     b = out[oo:oo + m]
     for j in range(a.shape[0]):
-        b[j] = exp(a[j])
+        b[j] = _exp_any(a[j])
 
 
 @_ool
@@ -804,7 +981,7 @@ def log_v(x, xo, out, oo, m):
     a = x[xo:xo + m]  # views: indices LLVM knows are in range vectorise
     b = out[oo:oo + m]
     for j in range(a.shape[0]):
-        b[j] = log(a[j])
+        b[j] = _log_any(a[j])
 
 
 @_ool
@@ -820,7 +997,7 @@ def tanh_v(x, xo, out, oo, m):
     a = x[xo:xo + m]  # views: indices LLVM knows are in range vectorise
     b = out[oo:oo + m]
     for j in range(a.shape[0]):
-        b[j] = tanh(a[j])
+        b[j] = _tanh_any(a[j])
 
 
 @_ool
@@ -828,12 +1005,12 @@ def sigmoid_v(x, xo, out, oo, m):
     a = x[xo:xo + m]  # views: indices LLVM knows are in range vectorise
     b = out[oo:oo + m]
     for j in range(a.shape[0]):
-        b[j] = sigmoid(a[j])
+        b[j] = _sigmoid_any(a[j])
 
 
 @_ool
 def exp_s(x):
-    return exp(x)
+    return _exp_any(x)
 
 
 @_ool
@@ -843,7 +1020,7 @@ def expm1_s(x):
 
 @_ool
 def log_s(x):
-    return log(x)
+    return _log_any(x)
 
 
 @_ool
@@ -853,12 +1030,12 @@ def log1p_s(x):
 
 @_ool
 def tanh_s(x):
-    return tanh(x)
+    return _tanh_any(x)
 
 
 @_ool
 def sigmoid_s(x):
-    return sigmoid(x)
+    return _sigmoid_any(x)
 
 
 #: The functions with out-of-line versions (``<name>_v``, ``<name>_s``).
