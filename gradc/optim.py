@@ -11,11 +11,14 @@ Contract
   learning rate it used.  Their per-parameter buffers (``state``) are allocated
   at the first step and are shaped like the parameters; a later step with other
   shapes is an error until ``reset()``.
-* **Parameters** are either one C-contiguous ``float64`` numpy array (any
-  shape, usually flat) or a list/tuple of such arrays.  ``step`` updates them
-  **in place**; arrays that cannot be updated in place
-  (wrong dtype, non-contiguous, read-only) are rejected with a
-  :class:`~gradc.errors.GradcError` naming the offending index.
+* **Parameters** are either one C-contiguous ``float64`` (or ``float32``, for
+  functions compiled with ``dtype="float32"``) numpy array (any shape, usually
+  flat) or a list/tuple of such arrays.  ``step`` updates them **in place**; the
+  optimizer's state (velocities, moments) and each step's arithmetic are float64
+  whatever the parameters' dtype, so a float32 parameter is rounded once per step.
+  Arrays that cannot be updated in place (another dtype, non-contiguous,
+  read-only) are rejected with a :class:`~gradc.errors.GradcError` naming the
+  offending index.
 * **Gradients** have the same structure and shapes as the parameters.  Any
   real dtype is accepted (converted to contiguous ``float64``); gradients are
   never modified.
@@ -399,8 +402,9 @@ class Optimizer:
             name = _label("params", i, single)
             if not isinstance(p, np.ndarray):
                 raise _error(f"{name} must be a numpy array (updated in place), got {type(p).__name__}")
-            if p.dtype != np.float64:
-                raise _error(f"{name} with shape {p.shape} has dtype {p.dtype}; need float64")
+            if p.dtype not in (np.float64, np.float32):
+                raise _error(f"{name} with shape {p.shape} has dtype {p.dtype}; need float64 "
+                             "or float32")
             if not p.flags.c_contiguous:
                 raise _error(f"{name} with shape {p.shape} is not C-contiguous; in-place update "
                              "needs np.ascontiguousarray(...) (and keep that array)")

@@ -192,3 +192,23 @@ def test_float32_export_runs_without_gradc(tmp_path):
     v, g = fn.value_and_grad(np.arange(7) / 10, X32, np.sin(X32))
     np.testing.assert_allclose(got, np.concatenate([[v], g]), rtol=1e-6)
     assert path.exists()
+
+
+def test_float32_training_with_gradc_optim():
+    """A float32 function trained by gradc.optim.fit: the float32 parameters are updated in
+    place (state in float64) and the loss goes down as in float64."""
+    from gradc import optim
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=2000)
+    Y = np.tanh(1.5 * X - 0.3)
+    losses = {}
+    for dt in ("float64", "float32"):
+        fn = gradc.compile(SCALAR, wrt=SCALAR_WRT, data=[x, y], dtype=dt, jit=False)
+        p = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 0.1, 0.2], dtype=dt)
+        hist = optim.fit(fn.value_and_grad, p, (X.astype(dt), Y.astype(dt)),
+                         optimizer=optim.Adam(lr=0.05), epochs=30)
+        assert p.dtype == np.dtype(dt)
+        losses[dt] = hist.losses
+    assert losses["float32"][-1] < 0.05 * losses["float32"][0]
+    np.testing.assert_allclose(losses["float32"], losses["float64"], rtol=1e-3)

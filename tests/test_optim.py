@@ -215,11 +215,36 @@ def test_float32_grad_is_converted():
     np.testing.assert_array_equal(p, 0.5)
 
 
+@pytest.mark.parametrize("make", [lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+                                  lambda: Adam(lr=0.01, weight_decay=0.01, decoupled=True),
+                                  lambda: RMSprop(lr=0.01, momentum=0.5)])
+def test_float32_params_are_updated_in_place_with_float64_state(make):
+    """float32 parameters (of a dtype="float32" function): updated in place, state and
+    arithmetic in float64, so after 20 steps they are the float64 run's parameters rounded
+    to float32 (within a few float32 epsilons), and the state is float64."""
+    rng = np.random.default_rng(9)
+    p64 = [rng.normal(size=5), rng.normal(size=(2, 3))]
+    p32 = [p.astype(np.float32) for p in p64]
+    p64 = [p.astype(np.float32).astype(np.float64) for p in p64]  # the same start
+    ids = [id(p) for p in p32]
+    o64, o32 = make(), make()
+    for _ in range(20):
+        g = [rng.normal(size=p.shape) for p in p64]
+        o64.step(p64, g)
+        o32.step(p32, [a.astype(np.float32) for a in g])
+    assert [id(p) for p in p32] == ids and all(p.dtype == np.float32 for p in p32)
+    for a, b in zip(p32, p64):
+        np.testing.assert_allclose(a, b, rtol=0, atol=64 * np.finfo(np.float32).eps * np.abs(b).max())
+    state = [v for bufs in o32.state.values() if isinstance(bufs, list) for v in bufs]
+    assert state and all(v.dtype == np.float64 for v in state)
+
+
 def test_sgd_validation():
     with pytest.raises(GradcError, match=r"params\[1\] with shape \(4, 2\) is not C-contiguous"):
         SGD().step([np.ones(2), np.ones((4, 4))[:, ::2]], [np.ones(2), np.ones((4, 2))])
-    with pytest.raises(GradcError, match=r"params\[0\] with shape \(3,\) has dtype float32"):
-        SGD().step([np.ones(3, np.float32)], [np.ones(3)])
+    with pytest.raises(GradcError, match=r"params\[0\] with shape \(3,\) has dtype float16; "
+                       "need float64 or float32"):
+        SGD().step([np.ones(3, np.float16)], [np.ones(3)])
     with pytest.raises(GradcError, match="params has dtype int64|params with shape"):
         SGD().step(np.arange(3), np.ones(3))
     ro = np.ones(2)
@@ -680,8 +705,8 @@ def test_adaptive_constructor_validation(make, match):
 def test_adaptive_step_validation(cls):
     with pytest.raises(GradcError, match=r"params\[1\] with shape \(4, 2\) is not C-contiguous"):
         cls().step([np.ones(2), np.ones((4, 4))[:, ::2]], [np.ones(2), np.ones((4, 2))])
-    with pytest.raises(GradcError, match=r"params with shape \(3,\) has dtype float32"):
-        cls().step(np.ones(3, np.float32), np.ones(3))
+    with pytest.raises(GradcError, match=r"params with shape \(3,\) has dtype float16"):
+        cls().step(np.ones(3, np.float16), np.ones(3))
     with pytest.raises(GradcError, match=r"grad has shape \(3,\), but params has shape \(2,\)"):
         cls().step(np.ones(2), np.ones(3))
     with pytest.raises(GradcError, match="does not match params"):
