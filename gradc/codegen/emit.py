@@ -90,8 +90,10 @@ class Namer:
             self.names[inp.var.id] = name
             taken.add(name + "_i")  # per-example loads of data are named <name>_i
 
-    #: how a literal is written (a float32 chunked kernel wraps it: :meth:`KernelWriter.lit`)
-    literal = staticmethod(lambda value: literal(value))
+    def literal(self, value):
+        """How a literal is written; a float32 chunked kernel sets its own
+        (:meth:`KernelWriter.lit`) on its Namer."""
+        return literal(value)
 
     def __call__(self, atom) -> str:
         if isinstance(atom, Lit):
@@ -194,6 +196,7 @@ class KernelWriter:
     def size_text(self):
         """The batch size as the kernel's arithmetic takes it."""
         return "float(n)" if getattr(self.printer, "dtype", "float64") == "float64" else "DT(n)"
+
     def eqn_line(self, e, names=None):
         names = names if names is not None else [self.name(a) for a in e.inputs]
         return f"{self.name(e.out)} = {registry[e.prim].emit(e, names, self.printer)}"
