@@ -335,7 +335,9 @@ def store(key: str, source: str, manifest=None) -> Path:
     meta = {"sha256": _sha(source), "key": key}
     _write_atomic(path, source)
     if manifest is not None:
-        text = json.dumps(manifest, sort_keys=True)
+        # (not sort_keys: the kernels' order is the specs' order, which a function loaded
+        # from the cache must show as a freshly compiled one does)
+        text = json.dumps(manifest)
         _write_atomic(entry / "manifest.json", text)
         meta["manifest_sha256"] = _sha(text)
     _write_atomic(entry / "meta.json", json.dumps(meta))

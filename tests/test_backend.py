@@ -102,6 +102,27 @@ def test_python_path_writes_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_function_loaded_from_the_cache_lists_its_kernels_in_the_same_order(tmp_path,
+                                                                              monkeypatch):
+    """The manifest keeps the kernels in spec order (it was written with sorted keys, so a
+    cache hit listed them alphabetically and ``fn.kernels`` printed differently)."""
+    import sympy as sp
+
+    import gradc
+    from gradc import backend
+
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "c"))
+    w, x = sp.symbols("w x")
+    fresh = gradc.compile(sp.tanh(w * x), wrt=[w], data=[x])
+    order = list(vars(fresh.kernels))
+    assert order[:2] == ["value", "value_and_grad"]
+    monkeypatch.setattr(backend, "_loaded", {})  # forget the loaded module: read the disk
+    hit = backend.lookup(fresh._key)
+    assert hit is not None and list(hit[1]["kernels"]) == order
+    again = gradc.compile(sp.tanh(w * x), wrt=[w], data=[x])
+    assert list(vars(again.kernels)) == order and repr(again.kernels) == repr(fresh.kernels)
+
+
 def test_user_functions_with_the_same_name_do_not_share_a_cache_key():
     import sympy as sp
 
