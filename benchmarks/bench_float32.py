@@ -27,6 +27,10 @@ from bench_scalar import model  # noqa: E402
 
 
 def median_us(f, calls):
+    """Median of ``calls`` back-to-back calls, as a training loop makes them
+    (``_single.medians`` settles the machine before every sample: right for the long
+    calls of bench_hessian, but each short call here would then start from cold caches;
+    the README model measured 1.3-1.5x slower that way, in both dtypes)."""
     f()
     times = []
     for _ in range(calls):

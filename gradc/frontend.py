@@ -255,6 +255,7 @@ class Lowerer:
         self.memo = {s: v for s, v in env.items() if not isinstance(s, sp.IndexedBase)}
         self.lazy = lazy or {}  # symbol -> function emitting its value on first use
         self.reroll = None  # a gradc.reroll.Reroller for scalar models
+        self._lse_forms = {}  # log(Sum(exp(.))) node -> its logsumexp form (or None)
 
     # -- traversal ----------------------------------------------------------------------
     def lower(self, expr):
@@ -373,10 +374,9 @@ class Lowerer:
         """:func:`_logsumexp_form` of ``node``, the same object every time it is asked."""
         if not isinstance(node, sp.log) or not isinstance(node.args[0], sp.Sum):
             return None
-        forms = self.__dict__.setdefault("_lse_forms", {})
-        if node not in forms:
-            forms[node] = _logsumexp_form(node)
-        return forms[node]
+        if node not in self._lse_forms:
+            self._lse_forms[node] = _logsumexp_form(node)
+        return self._lse_forms[node]
 
     def _lower_log(self, node):
         """``log(1 + exp(u))`` is computed as ``Softplus(u)``: no overflow of ``exp(u)`` for
@@ -638,9 +638,7 @@ def with_softplus(expr):
 def _logsumexp_form(node):
     """``nn.logsumexp`` of a ``FunctionMatrix`` when ``node`` is ``log(Sum(exp(g), ...))``
     over one or two indices with integer bounds (the maximum shifted out: no overflow of
-    ``exp(g)``), else None."""
-    if not isinstance(node, sp.log) or not isinstance(node.args[0], sp.Sum):
-        return None
+    ``exp(g)``), else None.  ``node`` is a ``log`` of a ``Sum`` (the caller checks)."""
     s = node.args[0]
     if not isinstance(s.function, sp.exp) or len(s.limits) > 2:
         return None
