@@ -275,6 +275,9 @@ def sinc(x):
     return np.sin(x) / x if x != 0.0 else 1.0
 
 
+# (lgamma_v and digamma_v are two functions on purpose: numba's disk cache keys a function
+# by its qualified name and line, so the runs of one closure factory would overwrite each
+# other's entries and be compiled again in every process; tried, a miss every time)
 def lgamma_v(x, xo, out, oo, m):
     """``out[oo:oo+m] = lgamma(x[xo:xo+m])``: one vectorised loop of the branch-free
     function, then, only if some x is outside (0, 1e300), a scalar pass over those."""
