@@ -209,6 +209,36 @@ def test_adbench_gmm_against_sympy_oracle():
         assert np.all(np.triu(g[3]) == 0.0)
 
 
+def test_adbench_gmm_batch_sums_run_as_one_loop():
+    """At d = 16 the GMM's kernel sums the (K, d) cotangent of ``Q_k (x - mu_k)`` over
+    the batch as one loop over its K d elements (two loops of constant counts: LLVM
+    vectorised the outer one with gathers, 11x slower at d = 32, K = 25), and its squared
+    norms as four interleaved sums: the same value and gradient as the reference, and
+    as the kernel run by Python."""
+    gmm = load("adbench_gmm")
+    d, K, n = 16, 3, 70  # 70 points: a block of 64 rows and a partial one
+    loss, wrt, data, consts = gmm.gmm_model(d, K)
+    params, icf, X = gmm.random_problem(d, K, n, seed=4)
+    cargs = (n, 0.7, 1, gmm.constant(d, K, n, 0.7, 1))
+    rv, rg = gmm.reference(params[0], params[1], icf, X, 0.7, 1)
+    got = []
+    for jit in (True, False):
+        fn = gradc.compile(loss, wrt=wrt, data=data, consts=consts, reduce="sum", jit=jit)
+        v, g = fn.value_and_grad(params, X, *cargs)
+        assert abs(v - rv) <= 1e-12 * abs(rv)
+        np.testing.assert_allclose(g[0], rg[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g[1], rg[1], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gmm.pack_icf(g[2], g[3]), rg[2], rtol=1e-10, atol=1e-12)
+        got.append((v, g))
+    src = fn.source[fn.source.index("def value_and_grad"):]
+    src = src[:src.index("\ndef ")]
+    assert f"one loop over {K * d} elements" in src
+    assert "acc0 = acc1 = acc2 = acc3 = 0.0" in src
+    assert got[0][0] == pytest.approx(got[1][0], rel=1e-13)
+    for a, b in zip(got[0][1], got[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_adbench_ba(tmp_path):
     r = run("adbench_ba", tmp_path)
     check = r["check"]

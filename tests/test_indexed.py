@@ -611,3 +611,33 @@ def test_pointwise_nests_join_a_fused_loop_only_at_its_point():
     ecol, evec = b.eqns[3:]
     assert vec is not None and _pointwise(ecol) and _pointwise(evec)
     assert _joins(evec, {col.id})
+
+
+def test_batch_sums_over_two_result_axes_vectorise_their_inner_loop():
+    """A gradient summed over the batch whose two loops both walk result axes (``mu``
+    and ``A``, (2, 16), in a mixture-like model) hides its inner count of 16 from LLVM
+    (which would unroll it and vectorise the outer loop with gathers); the squared norm
+    over 16 coordinates per example runs as four interleaved sums.  Same values, under
+    numba and without, against the sympy oracle and differences."""
+    K, d = 2, 16
+    A = sp.IndexedBase("A", shape=(K, d))
+    mu = sp.IndexedBase("mu", shape=(K, d))
+    x = sp.IndexedBase("x", shape=(d,))
+    inner = sp.Sum((A[k, j] * x[j] - mu[k, j]) ** 2, (j, 0, d - 1))
+    loss = sp.log(sp.Sum(sp.exp(-inner / d), (k, 0, K - 1)))
+    rng = np.random.default_rng(11)
+    P = [rng.normal(size=(K, d)), rng.normal(size=(K, d)) * 0.5]
+    X = rng.normal(size=(5, d))
+    got = []
+    for jit in (False, True):
+        fn = gradc.compile(loss, wrt=[A, mu], data=[x], reduce="sum", jit=jit)
+        check_against_sympy(fn, P, X, rtol=1e-10)
+        check_grads(fn, P, X)
+        got.append(fn.value_and_grad(P, X))
+    src = fn.source[fn.source.index("def value_and_grad"):]
+    src = src[:src.index("\ndef ")]
+    assert "acc0 = acc1 = acc2 = acc3 = 0.0" in src
+    assert "in range(0, ext16):" in src and "_rt.opaque(16)" in src
+    assert got[0][0] == pytest.approx(got[1][0], rel=1e-13)
+    for a, b in zip(got[0][1], got[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

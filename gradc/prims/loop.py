@@ -524,17 +524,33 @@ class LoopWriter:
         self.subs = {**self.names, **self.keys}
         self.example = "e"  # the example index of the loop around the nest
 
-    def stop(self, expr, innermost):
-        """The text of a loop's end.  A constant goes through the kernel's ``extent``
-        (which may hide it from LLVM) in a nest run once per call, and in a nest run per
-        example for the innermost loop when its count is not a multiple of 8 (LLVM would
-        unroll it: ``d = 10`` terms; a multiple of the vector width it vectorises with
-        no remainder, the convolution's 8 channels); else the index expression."""
+    def stop(self, expr, innermost, k=None):
+        """The text of a loop's end (``k``: the loop's place in the nest's dims).  A
+        constant goes through the kernel's ``extent`` (which may hide it from LLVM) in a
+        nest run once per call, and in a nest run per example for the innermost loop when
+        its count is not a multiple of 8 (LLVM would unroll it: ``d = 10`` terms; a
+        multiple of the vector width it vectorises with no remainder, the convolution's 8
+        channels), or when it runs more than 8 times and it and the loop around it both
+        walk axes of a result summed over the batch: LLVM unrolls the inner loop and
+        vectorises the outer one with gathers and scatters, 2x slower than the inner
+        loop vectorised for a (3, 16) or (25, 16) gradient (the 8 channels of the
+        locally connected layer's filters stay constant: 30% faster).  Else the index
+        expression."""
         expr = sp.sympify(expr)
         if expr.is_Integer and hasattr(self.ctx, "extent") and (
-                not self.loop_batched or (innermost and int(expr) % 8)):
+                not self.loop_batched or (innermost and (
+                    int(expr) % 8 or (int(expr) > 8 and self.outer_is_result_axis(k))))):
             return self.ctx.extent(int(expr))
         return self.index(expr)
+
+    def outer_is_result_axis(self, k):
+        """Whether the nest sums over the batch and its loops ``k - 1`` and ``k`` both walk
+        axes of the result."""
+        spec = self.spec
+        if k is None or k < 1 or not spec.summed:
+            return False
+        out = set(spec.out)
+        return spec.dims[k][0] in out and spec.dims[k - 1][0] in out
 
     def index(self, expr):
         return self.ctx.printer.doprint(sp.sympify(expr).xreplace(self.subs))
@@ -677,9 +693,55 @@ class LoopWriter:
             ", as a matrix product"
         return [head, f"{out} = {scale}{call}"]
 
+    def flat_sum(self):
+        """The nest as one loop over its result's elements, or None.
+
+        For a sum over the batch whose result takes every index of the nest, whole axes in
+        order, and whose body reads batched values of the result's shape at the same
+        indices (and values that do not move with them): the elements are one contiguous
+        run in the result and in each such read, so the nest runs as a single loop over
+        them (same order, same arithmetic).  Written as two loops with constant counts
+        inside the batch loop (the GMM's sum of a (K, d) cotangent over the points), LLVM
+        unrolls the inner one and vectorises the outer with gathers and scatters: 11x
+        slower at K = 25, d = 32 (``benchmarks/bench_adbench.py``)."""
+        spec, e, ctx = self.spec, self.e, self.ctx
+        shape = tuple(e.out.shape)
+        syms = tuple(d[0] for d in spec.dims)
+        if not spec.summed or e.out.batched or len(syms) < 2 or self.keys \
+                or tuple(spec.out) != syms or len(shape) != len(syms):
+            return None
+        for (sym, lo, hi), ext in zip(spec.dims, shape):
+            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) == ext - 1):
+                return None
+        if spec.body.free_symbols & set(syms):
+            return None  # the body uses an index itself
+        size = size_of(shape)
+        reads = []
+        for a, r in zip(e.inputs, spec.reads):
+            moves = any(sp.sympify(i).free_symbols & set(syms) for i in r)
+            if not moves:
+                reads.append(self.access(a, r))
+            elif isinstance(a, Var) and a.batched and tuple(r) == syms \
+                    and tuple(type_of(a)[0]) == shape:
+                reads.append(f"{ctx.name(a)}[{self.example}, t]")
+            else:
+                return None
+        out = ctx.name(e.out)
+        template = ctx.printer.template(spec.body.xreplace(self.names))
+        body = _PH.sub(lambda m: reads[int(m.group(1))], template)
+        return [f"# {out}: {describe_nest(spec)} and the batch, one loop over {size} elements",
+                f"{out} = _rt.zeros({shape!r})",
+                f"{out}_flat = {out}.reshape({size})",
+                "for e in range(n):",
+                f"    for t in range(0, {self.stop(size, True)}):",
+                f"        {out}_flat[t] += {body}"]
+
     def lines(self):
         spec, e, ctx = self.spec, self.e, self.ctx
         g = self.gemm()
+        if g is not None:
+            return g
+        g = self.flat_sum()
         if g is not None:
             return g
         out = ctx.name(e.out)
@@ -724,7 +786,7 @@ class LoopWriter:
             if split and k == len(dims) - 1:
                 break
             lines.append(pad + f"for {name} in range({self.index(lo)}, "
-                         f"{self.stop(hi + 1, k == len(dims) - 1)}):")
+                         f"{self.stop(hi + 1, k == len(dims) - 1, k)}):")
             pad += "    "
         if split:
             # four interleaved sums: the adds of a long reduction overlap instead of
@@ -777,10 +839,15 @@ class LoopWriter:
 
     def split_reduction(self, red):
         """Split the innermost reduction into four sums: when it has a constant range of
-        at least 8 and the whole reduction is at least 64 points long."""
+        at least 8 and the whole reduction is at least 64 points long, or, in a nest run
+        per example, a constant range of at least 16 (the GMM's squared norms over d
+        coordinates per point and component: 20% faster at d = 32..64, measured by
+        ``benchmarks/bench_adbench.py``)."""
         sym, lo, hi = red[-1]
         if not (lo.is_Integer and hi.is_Integer) or int(hi) - int(lo) + 1 < 8:
             return False
+        if self.loop_batched and int(hi) - int(lo) + 1 >= 16:
+            return True
         return _points(tuple(red)) >= 64 if all(
             d[1].is_Integer and d[2].is_Integer for d in red) else True
 
