@@ -12,7 +12,8 @@ The models (float64, batch 128, 10 classes, ``reduce="mean"``), written with sym
 
 * **conv**: ``z[i,j,c] = Sum(x[i+di, j+dj] K[di,dj,c], di, dj < 3) + B[c]`` (C shared 3x3
   filters), ``logit[k] = Sum(V[k,i,j,c] Max(z, 0)) + b2[k]``, softmax cross-entropy, with
-  C = 8 and 32 channels.  Peers: JAX (``lax.conv_general_dilated`` under
+  C = 8 and 32 channels, and C = 8 with the image padded by one zero on each side
+  (``nn.pad``; a 28x28 output, ``padding=1`` in the peers).  Peers: JAX (``lax.conv_general_dilated`` under
   ``jit(value_and_grad)``), PyTorch (``conv2d`` on CPU, when it imports) and a hand-written
   numpy forward and backward pass (slices and ``einsum``).
 * **local**: the locally connected (unshared) layer, ``W[i,j,di,dj,c]`` and ``B[i,j,c]``
@@ -50,11 +51,14 @@ BATCH, CLASSES, RTOL = 128, 10, 1e-9
 
 
 # ------------------------------------------------------------------------------ models
-def network(H, C, local=False):
-    """(loss, wrt, data) of the conv (or locally connected) network on HxH inputs."""
+def network(H, C, local=False, pad=0):
+    """(loss, wrt, data) of the conv (or locally connected) network on HxH inputs
+    (surrounded by ``pad`` zeros: ``nn.pad``)."""
     i, j, c, di, dj, k, q = sp.symbols("i j c di dj k q", integer=True)
-    O = H - 2
+    O = H - 2 + 2 * pad
     x = sp.IndexedBase("x", shape=(H, H))
+    data_x = x
+    x = nn.pad(x, pad)
     if local:
         W = sp.IndexedBase("W", shape=(O, O, 3, 3, C))
         B = sp.IndexedBase("B", shape=(O, O, C))
@@ -69,12 +73,12 @@ def network(H, C, local=False):
     logit = sp.Sum(V[k, i, j, c] * sp.Max(z, 0), (i, 0, O - 1), (j, 0, O - 1),
                    (c, 0, C - 1)) + b2[k]
     loss = nn.cross_entropy(sp.FunctionMatrix(CLASSES, 1, sp.Lambda((k, q), logit)), label)
-    return loss, [W, B, V, b2], [x, label]
+    return loss, [W, B, V, b2], [data_x, label]
 
 
-def point(H, C, local=False, seed=0):
+def point(H, C, local=False, seed=0, pad=0):
     rng = np.random.default_rng(seed)
-    O = H - 2
+    O = H - 2 + 2 * pad
     W = rng.normal(size=(O, O, 3, 3, C) if local else (3, 3, C)) / 3
     B = rng.normal(size=(O, O, C) if local else (C,)) * 0.1
     V = rng.normal(size=(CLASSES, O, O, C)) / np.sqrt(O * O * C)
@@ -85,9 +89,11 @@ def point(H, C, local=False, seed=0):
 
 
 # ------------------------------------------------------------------------------ numpy
-def numpy_value_and_grad(P, X, L, local=False):
+def numpy_value_and_grad(P, X, L, local=False, pad=0):
     """The hand-written forward and backward pass (slices and einsum)."""
     W, B, V, b2 = P
+    if pad:
+        X = np.pad(X, ((0, 0), (pad, pad), (pad, pad)))
     n, H = X.shape[0], X.shape[1]
     O = H - 2
     patches = np.stack([X[:, a:a + O, b:b + O] for a in range(3) for b in range(3)], -1)
@@ -117,7 +123,7 @@ def numpy_value_and_grad(P, X, L, local=False):
 
 
 # ------------------------------------------------------------------------------ peers
-def jax_conv(P, X, L, local=False):
+def jax_conv(P, X, L, local=False, pad=0):
     try:
         import jax
         import jax.numpy as jnp
@@ -125,16 +131,17 @@ def jax_conv(P, X, L, local=False):
         return None
     jax.config.update("jax_enable_x64", True)
     n, H = X.shape[0], X.shape[1]
-    O = H - 2
+    O = H - 2 + 2 * pad
 
     def loss(P, X, L):
         W, B, V, b2 = P
         if local:
+            X = jnp.pad(X, ((0, 0), (pad, pad), (pad, pad))) if pad else X
             patches = jnp.stack([X[:, a:a + O, b:b + O] for a in range(3) for b in range(3)], -1)
             Z = jnp.einsum("nijp,ijpc->nijc", patches, W.reshape(O, O, 9, -1)) + B
         else:
             kern = jnp.transpose(W, (2, 0, 1))[:, None]  # (C, 1, 3, 3): OIHW
-            Z = jax.lax.conv_general_dilated(X[:, None], kern, (1, 1), "VALID")
+            Z = jax.lax.conv_general_dilated(X[:, None], kern, (1, 1), [(pad, pad)] * 2)
             Z = jnp.transpose(Z, (0, 2, 3, 1)) + B
         R = jnp.maximum(Z, 0.0)
         lg = jnp.einsum("nijc,kijc->nk", R, V) + b2
@@ -154,7 +161,7 @@ def jax_conv(P, X, L, local=False):
     return call, result, jax.__version__
 
 
-def torch_conv(P, X, L):
+def torch_conv(P, X, L, pad=0):
     try:
         import torch
     except Exception:  # noqa: BLE001 - optional peer
@@ -167,7 +174,7 @@ def torch_conv(P, X, L):
     def call():
         for p in (W, B, V, b2):
             p.grad = None
-        Z = torch.nn.functional.conv2d(Xt, W.permute(2, 0, 1)[:, None], B)
+        Z = torch.nn.functional.conv2d(Xt, W.permute(2, 0, 1)[:, None], B, padding=pad)
         R = torch.relu(Z)
         lg = torch.einsum("ncij,kijc->nk", R, V) + b2
         value = torch.nn.functional.cross_entropy(lg, Lt)
@@ -192,24 +199,24 @@ def check(name, got, want):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-9 * scale, err_msg=name)
 
 
-def run_case(name, H, C, local, rounds):
-    loss, wrt, data = network(H, C, local)
-    P, X, L = point(H, C, local)
+def run_case(name, H, C, local, rounds, pad=0):
+    loss, wrt, data = network(H, C, local, pad)
+    P, X, L = point(H, C, local, pad=pad)
     t0 = time.perf_counter()
     fn = gradc.compile(loss, wrt=wrt, data=data)
-    want = numpy_value_and_grad(P, X, L, local)
+    want = numpy_value_and_grad(P, X, L, local, pad)
     check(f"{name} gradc", fn.value_and_grad(P, X, L), want)
     first = time.perf_counter() - t0
     cases = {"gradc": lambda: fn.value_and_grad(P, X, L),
-             "numpy": lambda: numpy_value_and_grad(P, X, L, local)}
+             "numpy": lambda: numpy_value_and_grad(P, X, L, local, pad)}
     versions = {}
     if "--no-jax" not in sys.argv:
-        jx = jax_conv(P, X, L, local)
+        jx = jax_conv(P, X, L, local, pad)
         if jx is not None:
             check(f"{name} jax", jx[1](), want)
             cases["jax"], versions["jax"] = jx[0], jx[2]
     if not local:
-        th = torch_conv(P, X, L)
+        th = torch_conv(P, X, L, pad)
         if th is not None:
             check(f"{name} torch", th[1](), want)
             cases["torch"], versions["torch"] = th[0], th[2]
@@ -244,18 +251,19 @@ def main():
     print(f"bench_conv: gradc {gradc.__version__} ({gradc_revision()}), {_single.describe()}")
     print(f"batch {BATCH}, 28x28 inputs, {CLASSES} classes, float64, value_and_grad\n")
     rounds = 7 if QUICK else 25
-    cases = [("conv C=8", 28, 8, False)] + ([] if QUICK else [("conv C=32", 28, 32, False)]) \
-        + [("local C=8", 28, 8, True)]
+    cases = [("conv C=8", 28, 8, False, 0)] \
+        + ([] if QUICK else [("conv C=32", 28, 32, False, 0), ("conv C=8 pad=1", 28, 8, False, 1)]) \
+        + [("local C=8", 28, 8, True, 0)]
     rows, versions = [], {}
-    for name, H, C, local in cases:
-        row, v = run_case(name, H, C, local, rounds)
+    for name, H, C, local, pad in cases:
+        row, v = run_case(name, H, C, local, rounds, pad)
         versions.update(v)
         rows.append(row)
         peer = f", {row['peer']} {row[row['peer'] + '_ms']:.2f} ms: gradc/{row['peer']} " \
                f"{row['gradc/peer']:.2f}" if "peer" in row else ""
         others = ", ".join(f"{k} {row[k + '_ms']:.2f} ms" for k in ("jax", "torch")
                            if k + "_ms" in row and k != row.get("peer"))
-        print(f"  {name:10s} gradc {row['gradc_ms']:8.2f} ms, numpy {row['numpy_ms']:8.2f} ms "
+        print(f"  {name:14s} gradc {row['gradc_ms']:8.2f} ms, numpy {row['numpy_ms']:8.2f} ms "
               f"(gradc/numpy {row['gradc/numpy']:.2f}){peer}" + (f"; {others}" if others else ""))
     print(f"\npeers: {versions or 'none'}")
     compiles = []

@@ -34,6 +34,7 @@ from . import prims
 from .errors import GradcError, short
 from .indexed import INDEXED, IndexLowerer
 from .ir import Builder, Lit, Program, type_of
+from .nn import Pad
 from .prims import array as ap
 
 
@@ -82,7 +83,8 @@ def free_symbols(expr):
         if isinstance(n, (sp.Symbol, sp.MatrixSymbol)):
             out.add(n)
         elif isinstance(n, sp.IndexedBase):
-            out.add(n)
+            if not isinstance(n.label, Pad):  # (its source is a node below it)
+                out.add(n)
             labels.add(n.label)
         elif isinstance(n, sp.Sum):
             bound |= {lim[0] for lim in n.limits}

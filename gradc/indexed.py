@@ -129,7 +129,7 @@ class IndexLowerer:
     # -- inputs ----------------------------------------------------------------------------
     def base_var(self, node):
         base = node.base
-        v = self.L.bases.get(base)
+        v = self.array(base)
         if v is None:
             raise GradcError(f"IndexedBase {base} (in {short(node)}) is in neither wrt, data "
                              "nor consts")
@@ -137,6 +137,33 @@ class IndexLowerer:
         if len(node.indices) != len(shape):
             raise GradcError(f"{short(node)}: {base} has shape {shape_text(shape)} "
                              f"({len(shape)} indices), indexed with {len(node.indices)}")
+        return v
+
+    def array(self, base):
+        """The value of the ``IndexedBase`` ``base``: an input, or for a padded base
+        (:func:`gradc.nn.pad`) its source copied into the interior of a zero array, once
+        (a loop nest: its derivatives are the loop rules', the cotangent's interior for
+        the source); None for a base that is not an input."""
+        from .nn import Pad
+
+        v = self.L.bases.get(base)
+        if v is not None or not isinstance(base.label, Pad):
+            return v
+        src = self.array(base.label.source)
+        if src is None:
+            return None
+        shape, widths = type_of(src)[0], base.label.widths
+        if len(widths) != len(shape):
+            raise GradcError(f"{base}: {len(widths)} padding widths for "
+                             f"{base.label.source} of shape {shape_text(shape)}")
+        syms = [sp.Symbol(f"a{k}", integer=True) for k in range(len(shape))]
+        nest = tuple((a, sp.Integer(w), sp.Integer(w + d - 1))
+                     for a, w, d in zip(syms, widths, shape))
+        read = tuple(a - w for a, w in zip(syms, widths))
+        padded = tuple(d + 2 * w for d, w in zip(shape, widths))
+        v = loop(self.b, nest, [src], [read], placeholder(0), padded, tuple(syms),
+                 hint=str(base))
+        self.L.bases[base] = v
         return v
 
     def key_symbols(self, index):
@@ -264,9 +291,9 @@ class IndexLowerer:
 
         best, size = None, 0
         for n in postorder(node.function):
-            if isinstance(n, sp.Indexed) and n.base in self.L.bases:
+            if isinstance(n, sp.Indexed) and self.array(n.base) is not None:
                 m = 1
-                for d in type_of(self.L.bases[n.base])[0]:
+                for d in type_of(self.array(n.base))[0]:
                     m *= d
                 if m > size:
                     best, size = n, m
@@ -396,7 +423,7 @@ class IndexLowerer:
 
     def batched_leaf(self, n):
         """Whether ``n`` is an array read or symbol whose value changes per example."""
-        v = self.L.bases.get(n.base) if isinstance(n, sp.Indexed) else \
+        v = self.array(n.base) if isinstance(n, sp.Indexed) else \
             self.L.memo.get(n) if isinstance(n, sp.Symbol) else None
         return isinstance(v, Var) and v.batched
 

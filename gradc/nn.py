@@ -35,7 +35,7 @@ from .errors import GradcError, short
 __all__ = [
     "MatSum", "LogSumExp", "Pick", "Logistic", "Softplus", "Elementwise", "relu", "sigmoid", "softplus",
     "tanh", "softmax", "logsumexp", "cross_entropy", "sum", "mean", "sum_squares",
-    "IndexedLayer", "conv2d", "locally_connected",
+    "IndexedLayer", "Pad", "pad", "conv2d", "locally_connected",
 ]
 
 
@@ -260,12 +260,67 @@ class IndexedLayer:
         return f"{self.name}{list(idx)} = {self[tuple(idx)]}"
 
 
+class Pad(sp.Function):
+    """The label of a zero-padded array: ``IndexedBase(Pad(x, p0, p1, ...))`` reads
+    ``x[a0 - p0, a1 - p1, ...]`` where that is inside ``x`` and 0 elsewhere (build it
+    with :func:`pad`).  gradc computes the padded array once (a loop nest copying ``x``
+    into zeros); its gradient is the cotangent's interior."""
+
+    @classmethod
+    def eval(cls, *args):
+        return None
+
+    @property
+    def source(self):
+        return self.args[0]
+
+    @property
+    def widths(self):
+        return tuple(int(w) for w in self.args[1:])
+
+    def _sympystr(self, printer):
+        return f"pad({printer.doprint(self.source)}, {', '.join(map(str, self.widths))})"
+
+
+def pad(x, widths):
+    """``x`` (an ``IndexedBase`` with a shape) padded with zeros: ``widths`` is one
+    integer for every axis or one per axis, added before and after it.  The result is an
+    ``IndexedBase`` of the padded shape, read like any other.
+
+    Examples
+    --------
+    >>> x = sp.IndexedBase("x", shape=(28, 28))
+    >>> xp = pad(x, 1)
+    >>> xp.shape
+    (30, 30)
+    >>> xp[0, 5]
+    pad(x, 1, 1)[0, 5]
+    """
+    if not isinstance(x, sp.IndexedBase) or x.shape is None:
+        raise GradcError(f"pad: the input must be an IndexedBase with a shape, got {short(x)}")
+    if isinstance(x.label, Pad):
+        raise GradcError(f"pad: {x} is already padded; pad the original array once with the "
+                         "total widths")
+    shape = tuple(int(d) for d in x.shape)
+    ws = (widths,) * len(shape) if isinstance(widths, int) else tuple(widths)
+    if len(ws) != len(shape) or not all(isinstance(w, int) and w >= 0 for w in ws):
+        raise GradcError(f"pad: widths must be one non-negative integer or one per axis of "
+                         f"{x} (shape {shape}), got {widths!r}")
+    if not any(ws):
+        return x
+    return sp.IndexedBase(Pad(x, *ws), shape=tuple(d + 2 * w for d, w in zip(shape, ws)))
+
+
 def _window_layer(name, x, W, window, stride, padding, shared):
-    if padding != 0:
-        raise GradcError(f"{name}: padding={padding!r} is not supported; pad the data (and "
-                         "declare the padded shape) instead")
     if not isinstance(x, sp.IndexedBase) or x.shape is None:
         raise GradcError(f"{name}: the input must be an IndexedBase with a shape, got {short(x)}")
+    ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding) \
+        if isinstance(padding, (tuple, list)) and len(padding) == 2 else (None, None)
+    if not all(isinstance(p, int) and p >= 0 for p in (ph, pw)):
+        raise GradcError(f"{name}: padding must be a non-negative integer or a pair of them "
+                         f"(rows, columns), got {padding!r}")
+    if ph or pw:
+        x = pad(x, (ph, pw) + (0,) * (len(x.shape) - 2)) if len(x.shape) in (2, 3) else x
     if not isinstance(W, sp.IndexedBase) or W.shape is None:
         raise GradcError(f"{name}: the weights must be an IndexedBase with a shape, got {short(W)}")
     if not isinstance(stride, int) or stride < 1:
@@ -299,6 +354,8 @@ def conv2d(x, K, stride=1, padding=0):
     (``IndexedBase`` of shape (H, W) or (H, W, C_in)) with the filters ``K`` of shape
     (kh, kw, C_out) or (kh, kw, C_in, C_out): ``conv2d(x, K)[i, j, c] = Sum(x[s i + di,
     s j + dj] K[di, dj, c], ...)``, of shape ((H - kh) // s + 1, (W - kw) // s + 1, C_out).
+    ``padding`` (an integer, or one for rows and one for columns) surrounds the image
+    with zeros first (:func:`pad`): ``padding=1`` with 3x3 filters keeps the image's size.
 
     Examples
     --------
@@ -312,9 +369,10 @@ def conv2d(x, K, stride=1, padding=0):
     return _window_layer("conv2d", x, K, None, stride, padding, shared=True)
 
 
-def locally_connected(x, W, window, stride=1):
+def locally_connected(x, W, window, stride=1, padding=0):
     """A locally connected layer (unshared weights): ``locally_connected(x, W, (kh, kw))[i,
     j, c] = Sum(x[s i + di, s j + dj] W[i, j, di, dj, c], ...)`` with ``W`` of shape
-    (out_h, out_w, kh, kw, C_out) (or with C_in before C_out for an (H, W, C_in) input)."""
+    (out_h, out_w, kh, kw, C_out) (or with C_in before C_out for an (H, W, C_in) input);
+    ``padding`` as for :func:`conv2d`."""
     window = (window, window) if isinstance(window, int) else tuple(window)
-    return _window_layer("locally_connected", x, W, window, stride, 0, shared=False)
+    return _window_layer("locally_connected", x, W, window, stride, padding, shared=False)

@@ -368,7 +368,9 @@ def explicit(expr):
 def _expand_indexed(expr, elements):
     """``expr`` with every ``FunctionMatrix`` made explicit, every ``Sum`` expanded by
     sympy's ``doit`` and every ``x[i, j]`` at integer indices replaced by the real symbol
-    ``x_i_j``; ``elements[x]`` gets the symbols of ``x`` in row-major order."""
+    ``x_i_j`` (an element of a zero-padded array, :func:`gradc.nn.pad`: its source's
+    symbol, or 0 in the padding); ``elements[x]`` gets the symbols of ``x`` in row-major
+    order."""
     import itertools
 
     from sympy.matrices.expressions.funcmatrix import FunctionMatrix
@@ -382,7 +384,10 @@ def _expand_indexed(expr, elements):
     expr = _expand_sums(expr)
     if isinstance(expr, sp.MatrixBase):
         expr = expr.applyfunc(_expand_sums)
-    bases = {n for n in postorder(expr) if isinstance(n, sp.IndexedBase)}
+    from .nn import Pad
+
+    found = {n for n in postorder(expr) if isinstance(n, sp.IndexedBase)}
+    bases = {n for n in found if not isinstance(n.label, Pad)}
     table = {}
     for base in bases:
         shape = tuple(int(d) for d in base.shape)
@@ -392,6 +397,13 @@ def _expand_indexed(expr, elements):
             table[base[idx]] = sym
             syms.append(sym)
         elements[base] = syms
+    for base in found - bases:  # zero padding (gradc.nn.pad): the source's symbol or 0
+        src, widths = base.label.source, base.label.widths
+        shape = tuple(int(d) for d in src.shape)
+        for idx in itertools.product(*(range(int(d)) for d in base.shape)):
+            at = tuple(i - w for i, w in zip(idx, widths))
+            inside = all(0 <= a < d for a, d in zip(at, shape))
+            table[base[idx]] = table[src[at]] if inside else sp.S.Zero
     return expr.xreplace(table)
 
 

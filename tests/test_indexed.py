@@ -438,12 +438,86 @@ def test_nn_conv2d_and_locally_connected_match_numpy():
     check_grads(fn, P, X)
 
 
+def _padded_net(H, C, p, stride=1):
+    """A convolution with zero padding ``p`` and its twin on data padded by hand."""
+    x = sp.IndexedBase("x", shape=(H, H, 2))
+    xp = sp.IndexedBase("xp", shape=(H + 2 * p, H + 2 * p, 2))
+    K = sp.IndexedBase("K", shape=(3, 3, 2, C))
+    a = sp.Symbol("a")
+
+    def loss(img, pad):
+        z = nn.conv2d(img, K, stride=stride, padding=pad)
+        o = z.shape[0]
+        return sp.Sum(sp.log(1 + sp.exp(a * z[i, j, c])), (i, 0, o - 1), (j, 0, o - 1),
+                      (c, 0, C - 1)), o
+
+    return x, xp, K, a, loss(x, p), loss(xp, 0)
+
+
+def test_conv2d_padding_matches_padded_data():
+    """``padding=p`` is the convolution of the image surrounded by p zeros: the value and
+    gradient equal those of the same network on data padded with ``np.pad``, under numba
+    and without (strides too), against the sympy oracle, and by differences."""
+    for p, stride in ((1, 1), (2, 2)):
+        x, xp, K, a, (loss, o), (loss2, o2) = _padded_net(5, 3, p, stride)
+        assert o == o2 == (5 + 2 * p - 3) // stride + 1
+        P = [RNG.normal(size=(3, 3, 2, 3)) * 0.4, 0.8]
+        X = RNG.normal(size=(4, 5, 5, 2))
+        Xp = np.pad(X, ((0, 0), (p, p), (p, p), (0, 0)))
+        ref = _compile(loss2, [K, a], [xp]).value_and_grad(P, Xp)
+        for jit in (False, True):
+            fn = _compile(loss, [K, a], [x], jit=jit)
+            v, g = fn.value_and_grad(P, X)
+            assert v == pytest.approx(ref[0], rel=1e-13)
+            for got, want in zip(g, ref[1]):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        check_against_sympy(_compile(loss, [K, a], [x]), P, X[:2], rtol=1e-10)
+        check_grads(fn, P, X)
+    assert "pad(x, 1, 1, 0)[" in str(nn.conv2d(x, K, padding=1)[i, j, c])
+
+
+def test_padded_parameter_gets_its_interior_cotangent():
+    """A padded *parameter* (``nn.pad`` of a wrt array): its gradient is the padded
+    array's cotangent without the border; a locally connected layer with padding on
+    data; the sympy oracle sees the padding as zeros."""
+    w = sp.IndexedBase("w", shape=(4, 3))
+    x = sp.IndexedBase("x", shape=(6, 5))
+    wp = nn.pad(w, (1, 1))
+    assert wp.shape == (6, 5) and nn.pad(w, 0) is w
+    loss = sp.Sum(sp.tanh(wp[i, j] * x[i, j]) + wp[i, j] ** 2 * x[i, j], (i, 0, 5), (j, 0, 4))
+    P = [RNG.normal(size=(4, 3))]
+    X = RNG.normal(size=(3, 6, 5))
+    fn = _compile(loss, [w], [x])
+    check_against_sympy(fn, P, X, rtol=1e-10)
+    inner = X[:, 1:5, 1:4]
+    want = np.mean(np.sum(np.tanh(P[0] * inner) + P[0] ** 2 * inner, axis=(1, 2)))
+    assert fn.value(P, X) == pytest.approx(want, rel=1e-13)
+    g = np.mean((1 - np.tanh(P[0] * inner) ** 2) * inner + 2 * P[0] * inner, axis=0)
+    np.testing.assert_allclose(fn.grad(P, X)[0], g, rtol=1e-12)
+    img = sp.IndexedBase("img", shape=(4, 4))
+    W = sp.IndexedBase("W", shape=(4, 4, 3, 3, 2))
+    lc = nn.locally_connected(img, W, 3, padding=1)
+    assert lc.shape == (4, 4, 2)
+    lloss = sp.Sum(lc[i, j, c] ** 2, (i, 0, 3), (j, 0, 3), (c, 0, 1))
+    fl = _compile(lloss, [W], [img])
+    check_against_sympy(fl, [RNG.normal(size=(4, 4, 3, 3, 2))], RNG.normal(size=(2, 4, 4)),
+                        rtol=1e-10)
+
+
 def test_nn_layer_errors():
     x = sp.IndexedBase("x", shape=(5, 5))
     with pytest.raises(gradc.GradcError, match=r"expected \(3, 3, 'C_out'\)"):
         nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3)))
-    with pytest.raises(gradc.GradcError, match="padding"):
-        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3, 4)), padding=1)
+    with pytest.raises(gradc.GradcError, match="padding must be a non-negative integer"):
+        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3, 4)), padding=-1)
+    with pytest.raises(gradc.GradcError, match="padding must be"):
+        nn.conv2d(x, sp.IndexedBase("K", shape=(3, 3, 4)), padding=(1, 1, 1))
+    with pytest.raises(gradc.GradcError, match="one per axis"):
+        nn.pad(x, (1, 2, 3))
+    with pytest.raises(gradc.GradcError, match="already padded"):
+        nn.pad(nn.pad(x, 1), 1)
+    with pytest.raises(gradc.GradcError, match="IndexedBase with a shape"):
+        nn.pad(sp.Symbol("x"), 1)
     with pytest.raises(gradc.GradcError, match="does not fit"):
         nn.locally_connected(x, sp.IndexedBase("W", shape=(1, 1, 6, 6, 2)), 6)
     with pytest.raises(gradc.GradcError, match="index it with 3 indices"):
