@@ -92,19 +92,24 @@ def _scipy_special():
 _MODULES = [
     {name: np.vectorize(getattr(math, fn), otypes=[float])
      for name, fn in (("erf", "erf"), ("erfc", "erfc"), ("gamma", "gamma"), ("loggamma", "lgamma"))}
-    | {"step_": lambda x, h0=0.5: np.heaviside(x, h0)} | _scipy_special(),
+    | {"step_": lambda x, h0=0.5: np.heaviside(x, h0),
+       "delta_": lambda a, b: np.equal(a, b).astype(float)} | _scipy_special(),
     "numpy",
 ]
 _STEP = sp.Function("step_")
+_DELTA = sp.Function("delta_")
 
 
 def _lambdify(args, expr):
-    """``sympy.lambdify`` with Heaviside as ``numpy.heaviside``.
+    """``sympy.lambdify`` with Heaviside as ``numpy.heaviside`` and KroneckerDelta as an
+    elementwise comparison.
 
     sympy's numpy printer rewrites Heaviside as nested Piecewise ``select`` calls, which
-    fail when the argument holds a Min or Max (a condition list of floats).
+    fail when the argument holds a Min or Max (a condition list of floats), and prints
+    KroneckerDelta as a Python ``if``, which fails on an array of examples.
     """
     expr = expr.replace(lambda e: isinstance(e, sp.Heaviside), lambda e: _STEP(*e.args))
+    expr = expr.replace(lambda e: isinstance(e, sp.KroneckerDelta), lambda e: _DELTA(*e.args))
     return sp.lambdify(args, expr, _MODULES)
 
 
@@ -296,7 +301,7 @@ def _nodewise_oracle(expr, wrt, data, consts, reduce):
 
 def _almost_everywhere(d):
     """Derivatives of step functions are 0 away from their jumps (where tests sample)."""
-    steps = (sp.floor, sp.ceiling, sp.sign, sp.Heaviside)
+    steps = (sp.floor, sp.ceiling, sp.sign, sp.Heaviside, sp.KroneckerDelta)
     d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
     d = d.replace(
         lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, steps),

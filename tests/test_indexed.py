@@ -715,3 +715,32 @@ def test_batch_sums_over_two_result_axes_vectorise_their_inner_loop():
     assert got[0][0] == pytest.approx(got[1][0], rel=1e-13)
     for a, b in zip(got[0][1], got[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_kronecker_delta_of_an_index_and_integer_data():
+    """``KroneckerDelta(k, label)`` with ``label`` integer data keeps each example's own
+    term (a one-hot written with indices); its derivative is 0 (piecewise constant), so
+    the loop rules need no partial by the label.  Against numpy, the sympy oracle and
+    differences, under numba and without."""
+    from gradc.prims import partials, placeholder
+
+    a0, a1, a2 = (placeholder(t) for t in range(3))
+    assert partials(sp.KroneckerDelta(a0, a1) * a2 ** 2, 3) == \
+        (0, 0, 2 * a2 * sp.KroneckerDelta(a0, a1))
+    w = sp.IndexedBase("w", shape=(4,))
+    x = sp.Symbol("x")
+    label = sp.Symbol("label", integer=True)
+    loss = sp.Sum(sp.KroneckerDelta(k, label) * (w[k] * x - 1) ** 2 + w[k] ** 2 / 8, (k, 0, 3))
+    P = [RNG.normal(size=4)]
+    X, L = RNG.normal(size=6), np.array([0, 3, 1, 3, 2, 0])
+    want_v = np.mean((P[0][L] * X - 1) ** 2) + np.sum(P[0] ** 2) / 8
+    want_g = np.zeros(4)
+    np.add.at(want_g, L, 2 * (P[0][L] * X - 1) * X / len(X))
+    want_g += P[0] / 4
+    for jit in (False, True):
+        fn = _compile(loss, [w], [x, label], jit=jit)
+        v, (g,) = fn.value_and_grad(P, X, L)
+        assert v == pytest.approx(want_v, rel=1e-13)
+        np.testing.assert_allclose(g, want_g, rtol=1e-12)
+    check_against_sympy(fn, P, X, L, rtol=1e-10)
+    check_grads(fn, P, X, L)

@@ -172,6 +172,7 @@ CONVENTIONS = {cls: sub for cls, sub in [
     (sp.Max, _Max), (sp.Min, _Min), (sp.sinc, _Sinc),
     (sp.sign, _flat(sp.sign)), (sp.floor, _flat(sp.floor)),
     (sp.ceiling, _flat(sp.ceiling)), (sp.Heaviside, _flat(sp.Heaviside)),
+    (sp.KroneckerDelta, _flat(sp.KroneckerDelta)),
 ]}
 _BACK = {sub: cls for cls, sub in CONVENTIONS.items()}
 
