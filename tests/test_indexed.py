@@ -744,3 +744,32 @@ def test_kronecker_delta_of_an_index_and_integer_data():
         np.testing.assert_allclose(g, want_g, rtol=1e-12)
     check_against_sympy(fn, P, X, L, rtol=1e-10)
     check_grads(fn, P, X, L)
+
+
+def test_per_example_maps_run_as_one_loop_over_rows():
+    """A map over a per-example array reading a bias by its last index (the ReLU of a
+    convolution, ``Max(z[i, j, c] + B[c], 0)``, and its derivative) runs as one loop over
+    the leading axes with the last one inside it, its count hidden from LLVM (which
+    vectorised the loop around a constant 8 with gathers); same values under numba and
+    without, against the sympy oracle and differences."""
+    x = sp.IndexedBase("x", shape=(3, 3))
+    K = sp.IndexedBase("K", shape=(2, 2, 8))
+    B = sp.IndexedBase("B", shape=(8,))
+    V = sp.IndexedBase("V", shape=(2, 2, 2, 8))
+    z = sp.Sum(x[i + di, j + dj] * K[di, dj, c], (di, 0, 1), (dj, 0, 1)) + B[c]
+    logit = sp.Sum(V[k, i, j, c] * sp.Max(z, 0), (i, 0, 1), (j, 0, 1), (c, 0, 7))
+    loss = nn.logsumexp(sp.FunctionMatrix(2, 1, sp.Lambda((k, q), logit)))
+    P = [RNG.normal(size=(2, 2, 8)), RNG.normal(size=8), RNG.normal(size=(2, 2, 2, 8))]
+    X = RNG.normal(size=(4, 3, 3))
+    got = []
+    for jit in (False, True):
+        fn = _compile(loss, [K, B, V], [x], jit=jit)
+        got.append(fn.value_and_grad(P, X))
+    src = fn.source[fn.source.index("def value_and_grad"):]
+    src = src[:src.index("\ndef ")]
+    assert src.count("one loop over 4 rows of 8") == 2 and "in range(0, ext8):" in src
+    assert got[0][0] == pytest.approx(got[1][0], rel=1e-13)
+    for a, b in zip(got[0][1], got[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    check_against_sympy(fn, P, X, rtol=1e-10)
+    check_grads(fn, P, X)

@@ -737,12 +737,76 @@ class LoopWriter:
                 f"    for t in range(0, {self.stop(size, True)}):",
                 f"        {out}_flat[t] += {body}"]
 
+    def flat_map(self):
+        """A map over a per-example array, as at most two loops per example, or None.
+
+        For a nest run per example that writes every element of its batched result once
+        (the result takes every index, whole axes in order, no reduction) and reads only
+        batched values of the result's shape at the same indices, values that move with
+        the last index alone (a bias ``B[c]``) and values that do not move: its leading
+        axes are one contiguous run, walked as one loop, with the last axis inside it
+        through ``extent`` (hidden from LLVM from 5 on), or one loop over every element
+        when nothing moves with the last index alone.  Written as a loop per axis with
+        constant counts (the convolution's ReLU and its derivative, 26 x 26 x 8), LLVM
+        unrolls the 8 and vectorises the loop around it with gathers and scatters: 4x
+        slower (``benchmarks/bench_conv.py``; docs/performance.md)."""
+        spec, e, ctx = self.spec, self.e, self.ctx
+        shape = tuple(e.out.shape)
+        syms = tuple(d[0] for d in spec.dims)
+        if spec.summed or not e.out.batched or len(syms) < 2 or self.keys \
+                or tuple(spec.out) != syms or len(shape) != len(syms):
+            return None
+        for (sym, lo, hi), ext in zip(spec.dims, shape):
+            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) == ext - 1):
+                return None
+        if spec.body.free_symbols & set(syms):
+            return None  # the body uses an index itself
+        last, lead = syms[-1], set(syms[:-1])
+        kinds = []
+        for a, r in zip(e.inputs, spec.reads):
+            moves = set().union(*(sp.sympify(i).free_symbols for i in r)) & set(syms)
+            if not moves:
+                kinds.append("fixed")
+            elif isinstance(a, Var) and a.batched and tuple(r) == syms \
+                    and tuple(type_of(a)[0]) == shape:
+                kinds.append("same")
+            elif moves == {last} and not (isinstance(a, Var) and a.batched):
+                kinds.append("last")
+            else:
+                return None
+        if not lead:
+            return None
+        size, width = size_of(shape), shape[-1]
+        two = "last" in kinds
+        ex, inner = self.example, self.index(last)
+        flat = f"{width}*t + {inner}" if two else "t"
+        reads = [f"{ctx.name(a)}[{ex}, {flat}]" if kind == "same" else self.access(a, r)
+                 for a, r, kind in zip(e.inputs, spec.reads, kinds)]
+        out = ctx.name(e.out)
+        template = ctx.printer.template(spec.body.xreplace(self.names))
+        body = _PH.sub(lambda m: reads[int(m.group(1))], template)
+        rng = "prange" if ctx.parallel else "range"
+        lines = [f"# {out}: {describe_nest(spec)}, " + (
+                     f"one loop over {size // width} rows of {width}" if two
+                     else f"one loop over {size} elements"),
+                 f"{out} = _rt.empty((n, {size}))",
+                 f"for {ex} in {rng}(n):"]
+        if two:
+            stop = ctx.extent(width) if hasattr(ctx, "extent") else str(width)
+            lines += [f"    for t in range(0, {size // width}):",
+                      f"        for {inner} in range(0, {stop}):",
+                      f"            {out}[{ex}, {flat}] = {body}"]
+        else:
+            lines += [f"    for t in range(0, {size}):",
+                      f"        {out}[{ex}, t] = {body}"]
+        return lines
+
     def lines(self):
         spec, e, ctx = self.spec, self.e, self.ctx
         g = self.gemm()
         if g is not None:
             return g
-        g = self.flat_sum()
+        g = self.flat_sum() or self.flat_map()
         if g is not None:
             return g
         out = ctx.name(e.out)
