@@ -693,6 +693,36 @@ class LoopWriter:
             ", as a matrix product"
         return [head, f"{out} = {scale}{call}"]
 
+    def whole_result_reads(self):
+        """For a nest of two or more loops whose result takes every index, whole axes in
+        order with constant counts (no data index, no index used by the body itself):
+        what each read is, ``"same"`` (a batched array of the result's shape read at the
+        same indices), ``"last"`` (a batch-invariant array read by the last index alone)
+        or ``"fixed"`` (moves with no index).  None for any other nest or read."""
+        spec, e = self.spec, self.e
+        shape = tuple(e.out.shape)
+        syms = tuple(d[0] for d in spec.dims)
+        if len(syms) < 2 or self.keys or tuple(spec.out) != syms or len(shape) != len(syms):
+            return None
+        for (sym, lo, hi), ext in zip(spec.dims, shape):
+            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) == ext - 1):
+                return None
+        if spec.body.free_symbols & set(syms):
+            return None
+        kinds = []
+        for a, r in zip(e.inputs, spec.reads):
+            moves = set().union(*(sp.sympify(i).free_symbols for i in r)) & set(syms)
+            batched = isinstance(a, Var) and a.batched
+            if not moves:
+                kinds.append("fixed")
+            elif batched and tuple(r) == syms and tuple(type_of(a)[0]) == shape:
+                kinds.append("same")
+            elif moves == {syms[-1]} and not batched:
+                kinds.append("last")
+            else:
+                return None
+        return kinds
+
     def flat_sum(self):
         """The nest as one loop over its result's elements, or None.
 
@@ -706,27 +736,13 @@ class LoopWriter:
         of the GMM's 4.6 ms call at K = 25, d = 32, against 0.075 ms as one loop
         (docs/performance.md, the GMM re-measured on the Zen 4 EPYC)."""
         spec, e, ctx = self.spec, self.e, self.ctx
-        shape = tuple(e.out.shape)
-        syms = tuple(d[0] for d in spec.dims)
-        if not spec.summed or e.out.batched or len(syms) < 2 or self.keys \
-                or tuple(spec.out) != syms or len(shape) != len(syms):
+        kinds = self.whole_result_reads() if spec.summed and not e.out.batched else None
+        if kinds is None or "last" in kinds:
             return None
-        for (sym, lo, hi), ext in zip(spec.dims, shape):
-            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) == ext - 1):
-                return None
-        if spec.body.free_symbols & set(syms):
-            return None  # the body uses an index itself
-        size = size_of(shape)
-        reads = []
-        for a, r in zip(e.inputs, spec.reads):
-            moves = any(sp.sympify(i).free_symbols & set(syms) for i in r)
-            if not moves:
-                reads.append(self.access(a, r))
-            elif isinstance(a, Var) and a.batched and tuple(r) == syms \
-                    and tuple(type_of(a)[0]) == shape:
-                reads.append(f"{ctx.name(a)}[{self.example}, t]")
-            else:
-                return None
+        size = size_of(e.out.shape)
+        reads = [f"{ctx.name(a)}[{self.example}, t]" if kind == "same" else self.access(a, r)
+                 for a, r, kind in zip(e.inputs, spec.reads, kinds)]
+        shape = tuple(e.out.shape)
         out = ctx.name(e.out)
         template = ctx.printer.template(spec.body.xreplace(self.names))
         body = _PH.sub(lambda m: reads[int(m.group(1))], template)
@@ -751,31 +767,11 @@ class LoopWriter:
         unrolls the 8 and vectorises the loop around it with gathers and scatters: 4x
         slower (``benchmarks/bench_conv.py``; docs/performance.md)."""
         spec, e, ctx = self.spec, self.e, self.ctx
+        kinds = self.whole_result_reads() if e.out.batched and not spec.summed else None
+        if kinds is None:
+            return None
         shape = tuple(e.out.shape)
-        syms = tuple(d[0] for d in spec.dims)
-        if spec.summed or not e.out.batched or len(syms) < 2 or self.keys \
-                or tuple(spec.out) != syms or len(shape) != len(syms):
-            return None
-        for (sym, lo, hi), ext in zip(spec.dims, shape):
-            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) == ext - 1):
-                return None
-        if spec.body.free_symbols & set(syms):
-            return None  # the body uses an index itself
-        last, lead = syms[-1], set(syms[:-1])
-        kinds = []
-        for a, r in zip(e.inputs, spec.reads):
-            moves = set().union(*(sp.sympify(i).free_symbols for i in r)) & set(syms)
-            if not moves:
-                kinds.append("fixed")
-            elif isinstance(a, Var) and a.batched and tuple(r) == syms \
-                    and tuple(type_of(a)[0]) == shape:
-                kinds.append("same")
-            elif moves == {last} and not (isinstance(a, Var) and a.batched):
-                kinds.append("last")
-            else:
-                return None
-        if not lead:
-            return None
+        last = spec.dims[-1][0]
         size, width = size_of(shape), shape[-1]
         two = "last" in kinds
         ex, inner = self.example, self.index(last)
