@@ -767,12 +767,15 @@ class CompiledFunction:
         than the planned chain accumulation."""
         from .hessian import jvp_sweep_seconds
 
-        try:
-            planned = self.plan.seconds[self.plan.auto]
-        except GradcError:
-            return True
-        k = self._jacobian_colouring().ncolours
-        return k * jvp_sweep_seconds(self) < planned
+        if "coloured_wins" not in self._second:    # decided once: 50-600 us per call else
+            try:
+                planned = self.plan.seconds[self.plan.auto]
+            except GradcError:
+                self._second["coloured_wins"] = True
+            else:
+                k = self._jacobian_colouring().ncolours
+                self._second["coloured_wins"] = k * jvp_sweep_seconds(self) < planned
+        return self._second["coloured_wins"]
 
     def _jacobian_colouring(self, how="columns"):
         """The column (JVP) or row (VJP) colouring of the Jacobian pattern and its
@@ -1106,7 +1109,8 @@ class CompiledFunction:
         p = self._params(params, "params")
         if self.scalar_params:
             p = tuple(float(v) for v in p)
-        p = tuple(np.ascontiguousarray(v).reshape(_shape(s)) if _shape(s) not in ((), (1, 1))
+        shapes = self._shapes
+        p = tuple(np.ascontiguousarray(v).reshape(shapes[s]) if shapes[s] not in ((), (1, 1))
                   else float(np.asarray(v).reshape(-1)[0]) for s, v in zip(self.wrt, p))
         consts = self._args(args)
         with np.errstate(all="ignore"):

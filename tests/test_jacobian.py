@@ -162,6 +162,23 @@ def test_classifier_jacobian_wrt_matrix_params_in_every_mode(jit):
     assert fn.plan.chain[0].piece.n_in == ref.shape[1]
 
 
+def test_auto_decides_against_colouring_once(monkeypatch):
+    """mode="auto" prices the coloured sweeps on its first call only (pricing them walks the
+    JVP program: it cost 50-600 us per call, more than the Jacobian itself)."""
+    import gradc.hessian as gh
+
+    F, wrt, xi, vals, xv = _classifier()
+    fn = gradc.compile(F, wrt=wrt, consts=[xi], jit=False)
+    calls = []
+    real = gh.jvp_sweep_seconds
+    monkeypatch.setattr(gh, "jvp_sweep_seconds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = fn.jacobian(vals, xv, mode="reverse")
+    for _ in range(3):
+        np.testing.assert_allclose(fn.jacobian(vals, xv, mode="auto"), ref, rtol=1e-12,
+                                   atol=1e-14)
+    assert len(calls) == 1
+
+
 def test_classifier_jacobian_agrees_with_jax():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
