@@ -455,7 +455,7 @@ _L6 = 0.14797033443567925
 # tanh: u = expm1(y) = r + r^2 M(r) on |r| <= ln2/2 (after y = k ln2 + r), M(0) = 1/2
 # exactly; minimax for the error of r + r^2 M(r) relative to expm1(r) (which the small-x
 # end of tanh needs; exp's Q above is fitted relative to exp(r) and is 2 bits worse there),
-# fitted here by Lawson iterations in 40-digit mpmath: 2**-59.2 with these rounded values.
+# fitted with Lawson's iterations in 40-digit mpmath: 2**-59.2 with these rounded values.
 _M1 = 0.16666666666666677
 _M2 = 0.04166666666666658
 _M3 = 0.008333333333322167
@@ -474,6 +474,20 @@ _SIGN = -(1 << 63)                   # the sign bit, as a signed int64
 # ---------------------------------------------------------------------------
 
 @_inline_helper
+def _ln2_reduce(x):
+    """(k, r, c) with x = k ln2 + r + c, k = round(x / ln2) (an int64, by the 1.5*2**52
+    shifter), |r| <= ln2/2 and c the rounding error of r (Cody-Waite with a two-part ln2:
+    k * _LN2HI and x - k * _LN2HI are exact for |k| < 2**20)."""
+    t = _fma(x, _INVLN2, _SHIFT)
+    kf = _ssub(t, _SHIFT)
+    k = _f2i(t) - _SHIFT_BITS
+    hi = _fma(kf, -_LN2HI, x)
+    r = _fma(kf, -_LN2LO, hi)
+    c = _fma(kf, -_LN2LO, _ssub(hi, r))
+    return k, r, c
+
+
+@_inline_helper
 def _exp_reduce(x):
     """Return (eh, el, s1, s2) with exp(x) ~= ((eh + el) * s1) * s2.
 
@@ -489,12 +503,7 @@ def _exp_reduce(x):
     """
     xc = _where(_gt(x, 720.0), 720.0, x)
     xc = _where(_lt(xc, -760.0), -760.0, xc)
-    t = _fma(xc, _INVLN2, _SHIFT)
-    kf = _ssub(t, _SHIFT)
-    k = _f2i(t) - _SHIFT_BITS
-    hi = _fma(kf, -_LN2HI, xc)               # exact
-    r = _fma(kf, -_LN2LO, hi)
-    c = _fma(kf, -_LN2LO, _ssub(hi, r))      # x - k ln2 = r + c
+    k, r, c = _ln2_reduce(xc)
     r2 = _smul(r, r)
     r4 = _smul(r2, r2)
     q = _fma(_fma(_fma(_E9, r, _E8), r4, _fma(_fma(_E7, r, _E6), r2, _fma(_E5, r, _E4))), r4,
@@ -564,12 +573,7 @@ def tanh(x):
     """
     a = abs(x)
     y = _where(_gt(a, 20.0), 40.0, a + a)
-    t = _fma(y, _INVLN2, _SHIFT)
-    kf = _ssub(t, _SHIFT)
-    k = _f2i(t) - _SHIFT_BITS                 # 0 <= k <= 58
-    hi = _fma(kf, -_LN2HI, y)                 # exact (kf * _LN2HI has 32 bits)
-    r = _fma(kf, -_LN2LO, hi)
-    c = _fma(kf, -_LN2LO, _ssub(hi, r))       # y - k ln2 = r + c
+    k, r, c = _ln2_reduce(y)                # 0 <= k <= 58
     r2 = _smul(r, r)
     r4 = _smul(r2, r2)
     m = _fma(_fma(_fma(_fma(_fma(_M10, r, _M9), r2, _fma(_M8, r, _M7)), r2, _fma(_M6, r, _M5)),
